@@ -1,0 +1,117 @@
+//! Diagnostics as plain data: severity, code, message, labelled spans, hints and the trace of
+//! block expansions that led to the error. Rendering lives in [`crate::render`].
+
+use crate::span::Span;
+
+/// How bad a diagnostic is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Severity {
+    /// The spec is wrong; compilation fails.
+    Error,
+    /// Suspicious but accepted.
+    Warning,
+}
+
+/// A span with a short explanation.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Label {
+    /// Where.
+    pub span: Span,
+    /// What about it ("this input has 64 channels").
+    pub message: String,
+}
+
+/// One step of the expansion trace: "in block `bottleneck` (layer3.2)".
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Frame {
+    /// Block name.
+    pub block: String,
+    /// Instance path of the expansion.
+    pub path: String,
+    /// The call site.
+    pub span: Span,
+}
+
+/// A compiler message about the spec.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// Stable code, e.g. `E0301`.
+    pub code: &'static str,
+    /// One line: what was expected and what was found.
+    pub message: String,
+    /// The main span first, then secondary ones.
+    pub labels: Vec<Label>,
+    /// Suggestions such as "did you mean `stride`?".
+    pub hints: Vec<String>,
+    /// Block expansions from the outermost call inwards.
+    pub trace: Vec<Frame>,
+}
+
+impl Diagnostic {
+    /// A new error with a primary label.
+    pub fn error(code: &'static str, span: Span, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Error,
+            code,
+            message: message.into(),
+            labels: vec![Label { span, message: String::new() }],
+            hints: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+    /// Sets the primary label's text.
+    pub fn label(mut self, message: impl Into<String>) -> Self {
+        self.labels[0].message = message.into();
+        self
+    }
+    /// Adds a secondary label.
+    pub fn with_label(mut self, span: Span, message: impl Into<String>) -> Self {
+        self.labels.push(Label { span, message: message.into() });
+        self
+    }
+    /// Adds a hint.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hints.push(hint.into());
+        self
+    }
+    /// Adds a hint only when there is one.
+    pub fn maybe_hint(self, hint: Option<String>) -> Self {
+        match hint {
+            Some(h) => self.hint(h),
+            None => self,
+        }
+    }
+    /// The primary span.
+    pub fn span(&self) -> Span {
+        self.labels[0].span
+    }
+}
+
+/// "did you mean `x`?" for the closest candidate within a small edit distance.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mut best: Option<(usize, &str)> = None;
+    for c in candidates {
+        let d = edit_distance(word, c);
+        if d <= (word.len().max(3) / 3).max(1) && best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, c));
+        }
+    }
+    best.map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
