@@ -5,3 +5,5 @@ pub mod expr;
 pub mod render;
 pub mod span;
 pub mod yaml;
+pub mod ir;
+pub mod ops;
