@@ -178,7 +178,7 @@ pub fn preprocess(img: &DynamicImage, p: &Preprocess) -> Result<Prepared> {
         bail!("empty image ({w0}x{h0})");
     }
     let src = Rgb8::new(w0, h0, rgb.into_raw());
-    let (mut img, mut scale, mut pad) = match p.resize {
+    let (mut img, scale, mut pad) = match p.resize {
         Resize::None => (src, (1.0f64, 1.0f64), (0.0f64, 0.0f64)),
         Resize::ShorterSide(s) => {
             if s == 0 {
@@ -231,7 +231,6 @@ pub fn preprocess(img: &DynamicImage, p: &Preprocess) -> Result<Prepared> {
             *v = (img.data[i * 3 + src_c] as f32 * p.scale - m) / s;
         }
     }
-    scale = (scale.0, scale.1);
     Ok(Prepared {
         data,
         height: h,

@@ -268,7 +268,7 @@ pub fn cv_linear(src: &Rgb8, out_w: usize, out_h: usize) -> Rgb8 {
         let o = &mut out[y * rw..(y + 1) * rw];
         for x in 0..rw {
             let v = if x < simd_end {
-                (((r0[x] >> 4) * b0) >> 16) + (((r1[x] >> 4) * b1) >> 16) + 2 >> 2
+                ((((r0[x] >> 4) * b0) >> 16) + (((r1[x] >> 4) * b1) >> 16) + 2) >> 2
             } else {
                 (r0[x] * b0 + r1[x] * b1 + (1 << 21)) >> 22
             };

@@ -264,8 +264,14 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
 }
 
 fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    // The magic number pickle (PROTO 2, LONG1 of 10 bytes, STOP) is checked by hand: candle's
+    // LONG1 decoder would overflow a shift on a 10-byte integer in debug builds.
+    const MAGIC: [u8; 15] = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.'];
+    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+        bail!("legacy PyTorch checkpoint with a wrong magic number");
+    }
     let mut r = Cursor::new(bytes);
-    let _magic = parse_pickle(&mut r).context("legacy checkpoint: magic number")?;
+    r.set_position(MAGIC.len() as u64);
     let _proto = parse_pickle(&mut r).context("legacy checkpoint: protocol version")?;
     let sys_info = parse_pickle(&mut r).context("legacy checkpoint: sys_info")?;
     if let Object::Dict(items) = &sys_info {
