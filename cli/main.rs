@@ -1,1 +1,49 @@
-fn main(){}
+//! `tlc`: the command line. It only parses arguments and calls the compiler and runtime;
+//! one module per subcommand.
+
+mod compile;
+mod inspect;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// tlc: a declarative architecture-spec compiler for vision networks.
+#[derive(Parser)]
+#[command(name = "tlc", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a spec: exit 0 with a one-line summary, or 1 with diagnostics.
+    Check(inspect::CheckArgs),
+    /// Print a Keras-like summary table of a spec.
+    Summary(inspect::SummaryArgs),
+    /// Print the graph as Graphviz DOT.
+    Dot(inspect::DotArgs),
+    /// Print the parameter list (names and shapes).
+    Params(inspect::ParamsArgs),
+    /// Run a model on images or a .npy input.
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let code = match cli.command {
+        Command::Check(a) => inspect::check(a),
+        Command::Summary(a) => inspect::summary(a),
+        Command::Dot(a) => inspect::dot(a),
+        Command::Params(a) => inspect::params(a),
+        Command::Run(a) => run::run(a),
+    };
+    ExitCode::from(code)
+}

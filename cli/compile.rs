@@ -1,0 +1,53 @@
+//! Compiling a spec from disk for any subcommand: the disk source loader and diagnostics on stderr.
+
+use std::path::Path;
+use tlc_compiler::ir::Graph;
+use tlc_compiler::span::SourceLoader;
+use tlc_compiler::{compile, render, Options};
+
+/// Reads spec files from the file system (the compiler itself never does).
+pub struct DiskLoader;
+
+impl SourceLoader for DiskLoader {
+    fn load(&self, path: &str) -> Result<String, String> {
+        std::fs::read_to_string(Path::new(path)).map_err(|e| e.to_string())
+    }
+}
+
+/// Exit code of a failed compilation: 2 when the spec file itself cannot be read, 1 otherwise.
+pub enum Failure {
+    /// Diagnostics were printed.
+    Invalid,
+    /// The file could not be read.
+    Io,
+}
+
+impl Failure {
+    /// Process exit code.
+    pub fn code(&self) -> u8 {
+        match self {
+            Failure::Invalid => 1,
+            Failure::Io => 2,
+        }
+    }
+}
+
+/// Compiles `path` for `variant`, printing diagnostics on stderr.
+pub fn load(path: &str, variant: Option<&str>) -> Result<Graph, Failure> {
+    if let Err(e) = std::fs::metadata(path) {
+        eprintln!("error: cannot read `{path}`: {e}");
+        return Err(Failure::Io);
+    }
+    let c = compile(path, &DiskLoader, &Options { variant: variant.map(|s| s.to_string()) });
+    if !c.diagnostics.is_empty() {
+        render::emit_stderr(&c.diagnostics, &c.sources);
+    }
+    match c.graph {
+        Some(g) => Ok(g),
+        None => {
+            let n = c.diagnostics.iter().filter(|d| d.severity == tlc_compiler::diag::Severity::Error).count();
+            eprintln!("error: `{path}` has {n} error{}", if n == 1 { "" } else { "s" });
+            Err(Failure::Invalid)
+        }
+    }
+}
