@@ -62,8 +62,8 @@ fn values_with(name: &str, n: usize, rule: Rule) -> Vec<f32> {
 
 /// Formula values of the parameter `name` with PyTorch shape `shape`, row-major (C order).
 ///
-/// Rules by name suffix, first match wins: `running_var`, `running_mean`, `weight` with
-/// >= 2 dims (`v * sqrt(6 / fan_in)`, fan_in = product of `shape[1..]`), 1-dim `weight`,
+/// Rules by name suffix, first match wins: `running_var`, `running_mean`, `weight` with at
+/// least 2 dims (`v * sqrt(6 / fan_in)`, fan_in = product of `shape[1..]`), 1-dim `weight`,
 /// `bias`, anything else. A 0-dim shape (`&[]`) yields one value.
 pub fn fixture_values(name: &str, shape: &[usize]) -> Vec<f32> {
     let n: usize = shape.iter().product();
@@ -92,20 +92,43 @@ pub fn fixture_input(shape: &[usize]) -> Vec<f32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::excessive_precision)]
 mod tests {
     use super::*;
 
     fn parse(list: &str) -> Vec<f32> {
-        list.split(',').map(|s| s.trim().parse::<f32>().unwrap()).collect()
+        list.split(',')
+            .map(|s| s.trim().parse::<f32>().unwrap())
+            .collect()
     }
 
     #[test]
     fn hash_mix_and_unit_vectors() {
         let cases: [(&str, u64, u64, f64); 4] = [
-            ("conv1.weight", 0x69a29a2cee47d254, 0x8b8a08a85128a1b0, 0.54507497891714474),
-            ("bn1.running_var", 0xe3fa2b7461643d5f, 0xa46e4572d9b05523, 0.64230760625804462),
-            ("fc.bias", 0x145e200af8fe4b85, 0x7a475b25a1f155d4, 0.47765130680813184),
-            ("input", 0x1ebbae8f5810b65b, 0x190a9f76a9bd8bf6, 0.097818342657538193),
+            (
+                "conv1.weight",
+                0x69a29a2cee47d254,
+                0x8b8a08a85128a1b0,
+                0.54507497891714474,
+            ),
+            (
+                "bn1.running_var",
+                0xe3fa2b7461643d5f,
+                0xa46e4572d9b05523,
+                0.64230760625804462,
+            ),
+            (
+                "fc.bias",
+                0x145e200af8fe4b85,
+                0x7a475b25a1f155d4,
+                0.47765130680813184,
+            ),
+            (
+                "input",
+                0x1ebbae8f5810b65b,
+                0x190a9f76a9bd8bf6,
+                0.097818342657538193,
+            ),
         ];
         for (name, h, z, u) in cases {
             assert_eq!(fnv1a64(name.as_bytes()), h, "{name}");
@@ -167,6 +190,9 @@ mod tests {
         assert_eq!(t.dims(), &[1, 3, 224, 224]);
         let got: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
         let want = fixture_input(&[1, 3, 224, 224]);
-        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }

@@ -144,6 +144,7 @@ fn depthwise(
 
 #[cfg(test)]
 #[rustfmt::skip]
+#[allow(clippy::excessive_precision)]
 mod tests {
     use super::*;
     use crate::kernels::testutil::*;

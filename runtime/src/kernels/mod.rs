@@ -11,12 +11,8 @@ mod pool;
 
 pub use act::{gelu_erf, hard_sigmoid, hard_swish, leaky_relu, relu6, sigmoid, silu};
 pub use conv::{conv2d, same_padding};
-pub use norm::{
-    attention, batch_norm_eval, layer_norm_channels, layer_norm_last, softmax_last,
-};
-pub use pool::{
-    adaptive_avg_pool2d, avg_pool2d, max_pool2d, output_size, upsample_nearest,
-};
+pub use norm::{attention, batch_norm_eval, layer_norm_channels, layer_norm_last, softmax_last};
+pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, output_size, upsample_nearest};
 
 use candle_core::{bail, Result, Tensor};
 
@@ -79,15 +75,18 @@ pub(crate) mod testutil {
     /// (the PyTorch reference uses the same expression in float64, cast to float32).
     pub fn sin_input(shape: &[usize]) -> Tensor {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|i| (0.37 * i as f64 + 0.1).sin() as f32).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|i| (0.37 * i as f64 + 0.1).sin() as f32)
+            .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
     /// Like [`sin_input`] with a different frequency/phase, for weights.
     pub fn cos_input(shape: &[usize], scale: f64) -> Tensor {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> =
-            (0..n).map(|i| (scale * (0.53 * i as f64 + 0.2).cos()) as f32).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|i| (scale * (0.53 * i as f64 + 0.2).cos()) as f32)
+            .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
@@ -122,7 +121,11 @@ mod tests {
         assert_eq!(v[6], f32::NEG_INFINITY);
         let z = pad2d(&x, [0, 1, 1, 0], 0.0).unwrap();
         assert_eq!(z.dims(), &[1, 1, 3, 3]);
-        assert!(pad2d(&Tensor::new(&[1f32], &candle_core::Device::Cpu).unwrap(), [1; 4], 0.0)
-            .is_err());
+        assert!(pad2d(
+            &Tensor::new(&[1f32], &candle_core::Device::Cpu).unwrap(),
+            [1; 4],
+            0.0
+        )
+        .is_err());
     }
 }

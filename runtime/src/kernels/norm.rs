@@ -16,7 +16,9 @@ fn normalize(x: &Tensor, dim: usize, weight: &Tensor, bias: &Tensor, eps: f64) -
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(dim)?;
     let inv = (var + eps)?.sqrt()?.recip()?;
-    xc.broadcast_mul(&inv)?.broadcast_mul(weight)?.broadcast_add(bias)
+    xc.broadcast_mul(&inv)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
 }
 
 /// LayerNorm over the channel dim of NCHW `x` at every pixel (ConvNeXt's `LayerNorm2d`),
@@ -53,7 +55,10 @@ pub fn batch_norm_eval(
 ) -> Result<Tensor> {
     let c = match x.rank() {
         2 | 4 => x.dim(1)?,
-        _ => bail!("batch_norm_eval: expected NCHW or (N, C), got {:?}", x.dims()),
+        _ => bail!(
+            "batch_norm_eval: expected NCHW or (N, C), got {:?}",
+            x.dims()
+        ),
     };
     for (what, t) in [
         ("weight", weight),
@@ -65,7 +70,11 @@ pub fn batch_norm_eval(
     }
     let scale = (running_var + eps)?.sqrt()?.recip()?.mul(weight)?;
     let shift = bias.sub(&running_mean.mul(&scale)?)?;
-    let shape: Vec<usize> = if x.rank() == 4 { vec![1, c, 1, 1] } else { vec![1, c] };
+    let shape: Vec<usize> = if x.rank() == 4 {
+        vec![1, c, 1, 1]
+    } else {
+        vec![1, c]
+    };
     x.broadcast_mul(&scale.reshape(shape.as_slice())?)?
         .broadcast_add(&shift.reshape(shape.as_slice())?)
 }
@@ -106,6 +115,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> R
 
 #[cfg(test)]
 #[rustfmt::skip]
+#[allow(clippy::excessive_precision)]
 mod tests {
     use super::*;
     use crate::kernels::testutil::*;

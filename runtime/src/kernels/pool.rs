@@ -53,12 +53,7 @@ fn out_hw(
 
 /// Pads `x` by `pad` with `value`, plus any ceil-mode overhang on the bottom/right, then
 /// crops to exactly the extent the `oh` x `ow` windows read.
-fn pad_to_windows(
-    x: &Tensor,
-    pad: [usize; 4],
-    value: f32,
-    need: (usize, usize),
-) -> Result<Tensor> {
+fn pad_to_windows(x: &Tensor, pad: [usize; 4], value: f32, need: (usize, usize)) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let [t, b, l, r] = pad;
     let (have_h, have_w) = (h + t + b, w + l + r);
@@ -126,7 +121,9 @@ pub fn avg_pool2d(
         for dw in &div_w {
             let d = dh * dw;
             if d == 0 {
-                bail!("avg_pool2d: a window of kernel {k:?} pad {pad:?} lies entirely in the padding")
+                bail!(
+                    "avg_pool2d: a window of kernel {k:?} pad {pad:?} lies entirely in the padding"
+                )
             }
             factors.push((full / d as f64) as f32);
         }
@@ -169,7 +166,7 @@ pub fn adaptive_avg_pool2d(x: &Tensor, out: [usize; 2]) -> Result<Tensor> {
     if oh == 0 || ow == 0 || h == 0 || w == 0 {
         bail!("adaptive_avg_pool2d: output {out:?} / input {h}x{w} must be non-empty")
     }
-    if h % oh == 0 && w % ow == 0 {
+    if h.is_multiple_of(oh) && w.is_multiple_of(ow) {
         let (kh, kw) = (h / oh, w / ow);
         return x.avg_pool2d_with_stride((kh, kw), (kh, kw));
     }
@@ -179,7 +176,7 @@ pub fn adaptive_avg_pool2d(x: &Tensor, out: [usize; 2]) -> Result<Tensor> {
 }
 
 fn adaptive_mean_dim(x: &Tensor, dim: usize, size: usize, out: usize) -> Result<Tensor> {
-    if size % out == 0 && size == out {
+    if size == out {
         return Ok(x.clone());
     }
     let parts = (0..out)
@@ -204,6 +201,7 @@ pub fn upsample_nearest(x: &Tensor, scale: usize) -> Result<Tensor> {
 
 #[cfg(test)]
 #[rustfmt::skip]
+#[allow(clippy::excessive_precision)]
 mod tests {
     use super::*;
     use crate::kernels::testutil::*;
