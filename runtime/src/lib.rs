@@ -1,5 +1,9 @@
 //! tlc runtime: lowers the tlc IR to candle, loads weights and preprocesses images.
+pub mod exec;
 pub mod formula;
 pub mod kernels;
+pub mod model;
 pub mod preprocess;
 pub mod weights;
+
+pub use model::Model;

@@ -1,0 +1,164 @@
+//! A runnable model: the IR graph, its tensors, and a forward pass that frees every
+//! intermediate as soon as its last reader has run.
+
+use crate::exec::{self, ParamSource};
+use crate::formula;
+use crate::weights::Weights;
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use tlc_compiler::ir::{Graph, NodeId, ParamKind};
+
+/// A compiled graph with its parameters on a device.
+pub struct Model {
+    /// The IR.
+    pub graph: Graph,
+    /// Parameters by full name.
+    pub params: HashMap<String, Tensor>,
+    /// Device the model runs on.
+    pub device: Device,
+    last_use: Vec<usize>,
+}
+
+struct NodeParams<'a> {
+    node: &'a str,
+    params: &'a HashMap<String, Tensor>,
+}
+
+impl ParamSource for NodeParams<'_> {
+    fn param(&self, suffix: &str) -> candle_core::Result<&Tensor> {
+        let name = if suffix.is_empty() { self.node.to_string() } else { format!("{}.{suffix}", self.node) };
+        self.params.get(&name).ok_or_else(|| candle_core::Error::Msg(format!("parameter `{name}` is not loaded")))
+    }
+    fn has(&self, suffix: &str) -> bool {
+        let name = if suffix.is_empty() { self.node.to_string() } else { format!("{}.{suffix}", self.node) };
+        self.params.contains_key(&name)
+    }
+}
+
+/// The expected `(name, shape)` list of a graph, for weight checks.
+pub fn expected_params(g: &Graph) -> Vec<(String, Vec<usize>)> {
+    g.params().map(|p| (p.name.clone(), p.shape.clone())).collect()
+}
+
+impl Model {
+    fn build(graph: Graph, params: HashMap<String, Tensor>, device: Device) -> Model {
+        let n = graph.graph.node_count();
+        let mut last_use = vec![0usize; n];
+        for (i, node) in graph.nodes() {
+            last_use[i.index()] = i.index();
+            for inp in &node.inputs {
+                last_use[inp.index()] = last_use[inp.index()].max(i.index());
+            }
+        }
+        last_use[graph.output.index()] = usize::MAX;
+        Model { graph, params, device, last_use }
+    }
+
+    /// A model whose parameters are loaded from `weights` by name (strict unless `allow_missing`,
+    /// in which case missing tensors get the default initialisation).
+    pub fn from_weights(graph: Graph, weights: &Weights, allow_missing: bool, device: &Device) -> Result<Model> {
+        let expected = expected_params(&graph);
+        weights.check(&expected, allow_missing).map_err(|e| anyhow!("{e}"))?;
+        let mut params = HashMap::new();
+        for p in graph.params() {
+            let t = match weights.get(&p.name) {
+                Some(t) => t.to_device(device)?,
+                None => init_param(&p.name, &p.shape, p.kind, 0, device)?,
+            };
+            params.insert(p.name.clone(), t);
+        }
+        Ok(Model::build(graph, params, device.clone()))
+    }
+
+    /// A model with the deterministic fixture weights of `../shared/parity/FORMULA.md`.
+    pub fn with_fixture_weights(graph: Graph, device: &Device) -> Result<Model> {
+        let mut params = HashMap::new();
+        for p in graph.params() {
+            let v = formula::fixture_values(&p.name, &p.shape);
+            params.insert(p.name.clone(), Tensor::from_vec(v, p.shape.as_slice(), device)?);
+        }
+        Ok(Model::build(graph, params, device.clone()))
+    }
+
+    /// A model with PyTorch-default random initialisation (Kaiming uniform for weights).
+    pub fn random(graph: Graph, seed: u64, device: &Device) -> Result<Model> {
+        let mut params = HashMap::new();
+        for p in graph.params() {
+            params.insert(p.name.clone(), init_param(&p.name, &p.shape, p.kind, seed, device)?);
+        }
+        Ok(Model::build(graph, params, device.clone()))
+    }
+
+    /// Runs the graph on `x` (NCHW) and returns the final output.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (out, _) = self.forward_with(x, &[])?;
+        Ok(out)
+    }
+
+    /// Runs the graph and also returns the outputs of the `taps` nodes.
+    pub fn forward_with(&self, x: &Tensor, taps: &[NodeId]) -> Result<(Tensor, Vec<Tensor>)> {
+        let input = &self.graph.meta.input;
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1..] != input[..] {
+            bail!("the input has shape {:?}; this model takes [N, {}, {}, {}]", dims, input[0], input[1], input[2]);
+        }
+        let n = self.graph.graph.node_count();
+        let mut values: Vec<Option<Tensor>> = vec![None; n];
+        let mut tapped: Vec<Option<Tensor>> = vec![None; taps.len()];
+        for (id, node) in self.graph.nodes() {
+            let ins: Vec<Tensor> = node
+                .inputs
+                .iter()
+                .map(|i| values[i.index()].clone().ok_or_else(|| anyhow!("internal: value of node {} was freed early", i.index())))
+                .collect::<Result<_>>()?;
+            let out = if node.inputs.is_empty() {
+                x.clone()
+            } else {
+                let p = NodeParams { node: &node.name, params: &self.params };
+                exec::eval(&node.op, &ins, &p).with_context(|| format!("while running node `{}`", node.name))?
+            };
+            for (k, t) in taps.iter().enumerate() {
+                if *t == id {
+                    tapped[k] = Some(out.clone());
+                }
+            }
+            values[id.index()] = Some(out);
+            // Free inputs whose last reader was this node.
+            for inp in &node.inputs {
+                if self.last_use[inp.index()] == id.index() {
+                    values[inp.index()] = None;
+                }
+            }
+        }
+        let out = values[self.graph.output.index()].take().ok_or_else(|| anyhow!("the graph produced no output"))?;
+        Ok((out, tapped.into_iter().map(|t| t.unwrap()).collect()))
+    }
+}
+
+/// PyTorch-default initialisation of one parameter, deterministic in `seed` and the name.
+pub fn init_param(name: &str, shape: &[usize], kind: ParamKind, seed: u64, device: &Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+    let mut state = formula::fnv1a64(name.as_bytes()) ^ seed.wrapping_mul(0x9E3779B97F4A7C15);
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)) * 2.0 - 1.0
+    };
+    let values: Vec<f32> = match kind {
+        ParamKind::RunningVar => vec![1.0; n],
+        ParamKind::RunningMean => vec![0.0; n],
+        ParamKind::Weight if shape.len() == 1 => vec![1.0; n],
+        ParamKind::Weight => {
+            let bound = (1.0 / fan_in as f64).sqrt(); // kaiming_uniform_(a=sqrt(5))
+            (0..n).map(|_| (uniform() * bound) as f32).collect()
+        }
+        ParamKind::Bias => vec![0.0; n],
+        ParamKind::Other => (0..n).map(|_| (uniform() * 0.02) as f32).collect(),
+    };
+    Ok(Tensor::from_vec(values, shape, device)?)
+}
