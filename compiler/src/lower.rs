@@ -499,6 +499,9 @@ impl Lowerer {
             return self.poison(inputs[0], call_span, ctx);
         }
         let mut env = ctx.env.clone();
+        // `in_channels`: channels of the block input (1 while unknown, so errors do not cascade).
+        let c = self.graph[inputs[0]].shape.as_ref().and_then(|s| s.first().copied()).unwrap_or(1);
+        env.set("in_channels", Value::Int(c as i64));
         if pos.len() > b.params.len() {
             self.error(
                 Diagnostic::error("E0203", pos[b.params.len()].1, format!("block `{}` takes {} argument(s), found {}", b.name, b.params.len(), pos.len()))
