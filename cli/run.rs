@@ -1,15 +1,212 @@
-//! `tlc run`: classify or detect with a model (filled in with the runtime).
+//! `tlc run`: classify images (or run a raw `.npy` input) with a spec and weights; save
+//! outputs and intermediate features.
 
+use crate::compile::load;
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
 use clap::Args;
+use std::path::{Path, PathBuf};
+use tlc_runtime::labels::{names, top_k};
+use tlc_runtime::preprocess::{load_image, preprocess};
+use tlc_runtime::weights::{find_weights, save_safetensors, Weights};
+use tlc_runtime::Model;
 
 /// Arguments of `tlc run`.
 #[derive(Args)]
 pub struct RunArgs {
     /// Spec file.
     pub spec: String,
+    /// Variant to build.
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Weights file (.safetensors or PyTorch .pth); default: the spec's `weights:` in $TLC_WEIGHTS.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Accept weight files that lack some tensors (they keep their initialisation).
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// Images or folders of images.
+    #[arg(long, num_args = 1..)]
+    pub image: Vec<PathBuf>,
+    /// Raw NCHW float32 input (.npy) instead of images.
+    #[arg(long, conflicts_with = "image")]
+    pub input: Option<PathBuf>,
+    /// Save the final output as .npy.
+    #[arg(long)]
+    pub save_output: Option<PathBuf>,
+    /// Number of classes to print.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Comma-separated node or item names whose outputs to save (e.g. `layer3,features.8`).
+    #[arg(long, value_delimiter = ',')]
+    pub features: Vec<String>,
+    /// Where to save `--features` (safetensors).
+    #[arg(long)]
+    pub save_features: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// `cpu` or `cuda[:N]` (needs the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Parses `--device`.
+pub fn device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s.starts_with("cuda") => {
+            let n = s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().map_err(|_| anyhow!("bad device `{s}`: use cuda or cuda:N"))?.unwrap_or(0);
+            Device::new_cuda(n).map_err(|e| anyhow!("cannot open {s}: {e} (was tlc built with --features cuda?)"))
+        }
+        other => bail!("unknown device `{other}`: use cpu or cuda[:N]"),
+    }
+}
+
+/// Loads the model's weights (explicit file, the spec's default, or random with a warning).
+pub fn build_model(graph: tlc_compiler::ir::Graph, weights: Option<&Path>, allow_missing: bool, dev: &Device) -> Result<Model> {
+    let path = match (weights, &graph.meta.weights) {
+        (Some(p), _) => Some(p.to_path_buf()),
+        (None, Some(name)) => Some(find_weights(name)?),
+        (None, None) => None,
+    };
+    match path {
+        Some(p) => {
+            let w = Weights::load(&p)?;
+            Model::from_weights(graph, &w, allow_missing, dev).with_context(|| format!("loading {}", p.display()))
+        }
+        None => {
+            eprintln!("warning: no weights given (--weights) and the spec names none: the model is RANDOMLY INITIALISED and its outputs mean nothing");
+            Model::random(graph, 0, dev)
+        }
+    }
+}
+
+fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("cannot read folder {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.is_file())
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// `tlc run`.
-pub fn run(_a: RunArgs) -> u8 {
-    2
+pub fn run(a: RunArgs) -> u8 {
+    let graph = match load(&a.spec, a.variant.as_deref()) {
+        Ok(g) => g,
+        Err(f) => return f.code(),
+    };
+    match run_graph(graph, &a) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
+    if a.image.is_empty() && a.input.is_none() {
+        bail!("give --image PATH... or --input X.npy");
+    }
+    let taps: Vec<_> = a
+        .features
+        .iter()
+        .map(|f| graph.find(f).ok_or_else(|| anyhow!("--features: no node or item named `{f}` (see `tlc summary {}`)", a.spec)))
+        .collect::<Result<_>>()?;
+    if !taps.is_empty() && a.save_features.is_none() {
+        bail!("--features needs --save-features FILE.safetensors");
+    }
+    let dev = device(&a.device)?;
+    let labels = names(&graph.meta.labels);
+    let model = build_model(graph, a.weights.as_deref(), a.allow_missing, &dev)?;
+    let mut outputs: Vec<(String, Tensor)> = Vec::new();
+    let mut features: Vec<Vec<Tensor>> = vec![Vec::new(); taps.len()];
+    if let Some(npy) = &a.input {
+        let x = Tensor::read_npy(npy).map_err(|e| anyhow!("cannot read {}: {e}", npy.display()))?.to_dtype(candle_core::DType::F32)?.to_device(&dev)?;
+        let (y, f) = model.forward_with(&x, &taps)?;
+        for (k, t) in f.into_iter().enumerate() {
+            features[k].push(t);
+        }
+        outputs.push((npy.display().to_string(), y));
+    } else {
+        let files = collect_images(&a.image)?;
+        let pre = &model.graph.meta.preprocess;
+        let total = files.len();
+        for (bi, chunk) in files.chunks(a.batch.max(1)).enumerate() {
+            let mut xs = Vec::new();
+            let mut ok_files = Vec::new();
+            for f in chunk {
+                let img = load_image(f)?;
+                let p = preprocess(&img, pre)?;
+                xs.push(p.to_tensor(&dev)?);
+                ok_files.push(f.display().to_string());
+            }
+            let x = Tensor::cat(&xs, 0)?;
+            let (y, f) = model.forward_with(&x, &taps)?;
+            for (k, t) in f.into_iter().enumerate() {
+                features[k].push(t);
+            }
+            for (i, name) in ok_files.into_iter().enumerate() {
+                outputs.push((name, y.narrow(0, i, 1)?));
+            }
+            if total > a.batch && !a.json {
+                eprintln!("[{}/{}] images", (bi * a.batch + chunk.len()).min(total), total);
+            }
+        }
+    }
+    if let Some(path) = &a.save_output {
+        let all = Tensor::cat(&outputs.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(), 0)?;
+        all.write_npy(path).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &a.save_features {
+        let mut list = Vec::new();
+        for (name, parts) in a.features.iter().zip(&features) {
+            list.push((name.clone(), Tensor::cat(parts, 0)?.to_device(&Device::Cpu)?));
+        }
+        save_safetensors(&list, path)?;
+    }
+    print_results(&outputs, &labels, a)
+}
+
+fn print_results(outputs: &[(String, Tensor)], labels: &[String], a: &RunArgs) -> Result<()> {
+    let mut json = Vec::new();
+    for (name, y) in outputs {
+        let flat: Vec<f32> = y.flatten_all()?.to_vec1()?;
+        if y.dims().len() != 2 {
+            if !a.json {
+                println!("{name}: output {:?} (not a classifier output; use --save-output)", y.dims());
+            }
+            continue;
+        }
+        let top = top_k(&flat, a.top, labels);
+        if a.json {
+            json.push(serde_json::json!({"file": name, "top": top}));
+        } else {
+            if outputs.len() > 1 {
+                println!("{name}:");
+            }
+            for s in &top {
+                println!("  {:>5}  {:<30} {:.3}", s.class, s.label, s.score);
+            }
+        }
+    }
+    if a.json {
+        let v = if json.len() == 1 { serde_json::json!({"top": json[0]["top"]}) } else { serde_json::Value::Array(json) };
+        println!("{}", serde_json::to_string(&v)?);
+    }
+    Ok(())
 }

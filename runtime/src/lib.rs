@@ -2,6 +2,7 @@
 pub mod exec;
 pub mod formula;
 pub mod kernels;
+pub mod labels;
 pub mod model;
 pub mod preprocess;
 pub mod weights;
