@@ -205,7 +205,15 @@ fn convert(file: FileId, text: &str, raw: RawNode) -> Node {
     let mut span = location_span(file, text, &raw.0.referenced);
     let kind = match raw.0.value {
         RawKind::Null => Kind::Null,
-        RawKind::Bool(b) => Kind::Bool(b),
+        RawKind::Bool(b) => {
+            // YAML 1.2 booleans only: `y`, `n`, `yes`, `no`, `on`, `off` stay strings (variant `n`).
+            let src = text.get(span.range()).unwrap_or("").trim();
+            if matches!(src, "true" | "false" | "True" | "False" | "TRUE" | "FALSE") || src.is_empty() {
+                Kind::Bool(b)
+            } else {
+                Kind::Str(src.trim_matches(|c| c == '"' || c == '\'').to_string())
+            }
+        }
         RawKind::Int(i) => Kind::Int(i),
         RawKind::Float(f) => Kind::Float(f),
         RawKind::Str(s) => {
@@ -245,6 +253,15 @@ mod tests {
         assert_eq!(&text[seq[0].span.range()], "conv(3)");
         let Kind::Map(m) = &seq[1].kind else { panic!() };
         assert_eq!(&text[m[0].1.span.range()], "relu");
+    }
+
+    #[test]
+    fn yaml11_booleans_stay_strings() {
+        let n = parse(0, "n: {depth: 1}\ny: no\nz: true\n").unwrap();
+        let Kind::Map(items) = &n.kind else { panic!() };
+        assert_eq!(items[0].0.as_str(), Some("n"));
+        assert_eq!(items[1].1.as_str(), Some("no"));
+        assert!(matches!(items[2].1.kind, Kind::Bool(true)));
     }
 
     #[test]
