@@ -49,6 +49,12 @@ pub struct RunArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Detection confidence threshold (default 0.3 for darknet heads, 0.25 for YOLOv8).
+    #[arg(long)]
+    pub conf: Option<f32>,
+    /// Detection NMS IoU threshold.
+    #[arg(long, default_value_t = 0.45)]
+    pub iou: f32,
     /// `cpu` or `cuda[:N]` (needs the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -133,6 +139,11 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
     let dev = device(&a.device)?;
     let labels = names(&graph.meta.labels);
     let model = build_model(graph, a.weights.as_deref(), a.allow_missing, &dev)?;
+    let detect = model.graph.meta.task == tlc_compiler::ir::Task::Detect;
+    let heads: Vec<_> = model.graph.nodes().filter(|(_, n)| matches!(n.op, tlc_compiler::ir::Op::YoloHead { .. })).map(|(i, _)| i).collect();
+    let mut all_taps = taps.clone();
+    all_taps.extend(heads.iter().copied());
+    let mut detections: Vec<(String, Vec<tlc_runtime::detect::Detection>)> = Vec::new();
     let mut outputs: Vec<(String, Tensor)> = Vec::new();
     let mut features: Vec<Vec<Tensor>> = vec![Vec::new(); taps.len()];
     if let Some(npy) = &a.input {
@@ -142,25 +153,33 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
             features[k].push(t);
         }
         outputs.push((npy.display().to_string(), y));
+        if detect {
+            bail!("detection decoding needs --image (the box mapping depends on the original image)");
+        }
     } else {
         let files = collect_images(&a.image)?;
         let pre = &model.graph.meta.preprocess;
         let total = files.len();
         for (bi, chunk) in files.chunks(a.batch.max(1)).enumerate() {
             let mut xs = Vec::new();
-            let mut ok_files = Vec::new();
+            let mut prepared = Vec::new();
             for f in chunk {
                 let img = load_image(f)?;
                 let p = preprocess(&img, pre)?;
                 xs.push(p.to_tensor(&dev)?);
-                ok_files.push(f.display().to_string());
+                prepared.push((f.display().to_string(), p.scale, p.pad));
             }
             let x = Tensor::cat(&xs, 0)?;
-            let (y, f) = model.forward_with(&x, &taps)?;
-            for (k, t) in f.into_iter().enumerate() {
-                features[k].push(t);
+            let (y, f) = model.forward_with(&x, &all_taps)?;
+            let (f, head_outs) = f.split_at(taps.len());
+            for (k, t) in f.iter().enumerate() {
+                features[k].push(t.clone());
             }
-            for (i, name) in ok_files.into_iter().enumerate() {
+            for (i, (name, scale, pad)) in prepared.into_iter().enumerate() {
+                if detect {
+                    let dets = detect_one(&model, &heads, head_outs, &y, i, scale, pad, &labels, a)?;
+                    detections.push((name.clone(), dets));
+                }
                 outputs.push((name, y.narrow(0, i, 1)?));
             }
             if total > a.batch && !a.json {
@@ -179,7 +198,56 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
         }
         save_safetensors(&list, path)?;
     }
+    if detect {
+        return print_detections(&detections, a);
+    }
     print_results(&outputs, &labels, a)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn detect_one(
+    model: &Model,
+    heads: &[tlc_compiler::ir::NodeId],
+    head_outs: &[Tensor],
+    y: &Tensor,
+    i: usize,
+    scale: (f32, f32),
+    pad: (f32, f32),
+    labels: &[String],
+    a: &RunArgs,
+) -> Result<Vec<tlc_runtime::detect::Detection>> {
+    use tlc_runtime::detect::{decode_darknet, decode_v8, finish};
+    let input = &model.graph.meta.input;
+    let net = (input[1], input[2]);
+    let mut cands = Vec::new();
+    if heads.is_empty() {
+        cands = decode_v8(&y.get(i)?, net, a.conf.unwrap_or(0.25))?;
+    } else {
+        for (id, t) in heads.iter().zip(head_outs) {
+            if let tlc_compiler::ir::Op::YoloHead { classes, anchors, mask } = &model.graph.node(*id).op {
+                cands.extend(decode_darknet(&t.get(i)?, anchors, mask, *classes, net, a.conf.unwrap_or(0.3))?);
+            }
+        }
+    }
+    Ok(finish(&cands, net, scale, pad, a.iou, labels))
+}
+
+fn print_detections(all: &[(String, Vec<tlc_runtime::detect::Detection>)], a: &RunArgs) -> Result<()> {
+    if a.json {
+        let v: Vec<serde_json::Value> = all.iter().map(|(f, d)| serde_json::json!({"file": f, "detections": d})).collect();
+        let v = if v.len() == 1 { serde_json::json!({"detections": v[0]["detections"]}) } else { serde_json::Value::Array(v) };
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    for (f, dets) in all {
+        if all.len() > 1 {
+            println!("{f}:");
+        }
+        for d in dets {
+            println!("  {:<16} {:.2}  [{:.0}, {:.0}, {:.0}, {:.0}]", d.label, d.score, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3]);
+        }
+    }
+    Ok(())
 }
 
 fn print_results(outputs: &[(String, Tensor)], labels: &[String], a: &RunArgs) -> Result<()> {

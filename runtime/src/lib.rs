@@ -1,4 +1,5 @@
 //! tlc runtime: lowers the tlc IR to candle, loads weights and preprocesses images.
+pub mod detect;
 pub mod exec;
 pub mod formula;
 pub mod kernels;
