@@ -274,9 +274,15 @@ impl Graph {
     pub fn node(&self, id: NodeId) -> &Node {
         &self.graph[id]
     }
-    /// All parameters in order.
+    /// All parameters in PyTorch `state_dict` order: each module's own tensors first, then its
+    /// sub-modules in order of first use (so a class token or layer scale used late still
+    /// comes before its siblings' sub-modules, and interleaved branches are grouped).
     pub fn params(&self) -> impl Iterator<Item = &Param> {
-        self.graph.node_weights().flat_map(|n| n.params.iter())
+        let all: Vec<&Param> = self.graph.node_weights().flat_map(|n| n.params.iter()).collect();
+        let parts: Vec<Vec<&str>> = all.iter().map(|p| p.name.split('.').collect()).collect();
+        let mut order = Vec::with_capacity(all.len());
+        state_dict_order(&parts, (0..all.len()).collect(), 0, &mut order);
+        order.into_iter().map(move |i| all[i])
     }
     /// Total number of parameter elements (including BatchNorm running statistics).
     pub fn param_count(&self) -> usize {
@@ -294,5 +300,25 @@ impl Graph {
     pub fn find(&self, name: &str) -> Option<NodeId> {
         self.nodes().find(|(_, n)| n.name == name).map(|(i, _)| i)
             .or_else(|| self.scopes.iter().rev().find(|s| s.name == name).map(|s| s.output))
+    }
+}
+
+/// Orders parameter indices (names split at dots) as `state_dict`: tensors owned directly by
+/// the module at `depth` first, then each sub-module's group in order of first appearance.
+fn state_dict_order(parts: &[Vec<&str>], idx: Vec<usize>, depth: usize, out: &mut Vec<usize>) {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for i in idx {
+        if parts[i].len() <= depth + 1 {
+            out.push(i);
+        } else {
+            let key = parts[i][depth];
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, g)) => g.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
+    }
+    for (_, g) in groups {
+        state_dict_order(parts, g, depth + 1, out);
     }
 }
