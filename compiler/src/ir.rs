@@ -263,6 +263,8 @@ pub struct Graph {
     pub output: NodeId,
     /// Named sub-graphs, in creation order.
     pub scopes: Vec<Scope>,
+    /// Per scope, sub-modules that `state_dict` lists first (the spec's `order:` items).
+    pub param_order: Vec<(String, Vec<String>)>,
 }
 
 impl Graph {
@@ -281,7 +283,7 @@ impl Graph {
         let all: Vec<&Param> = self.graph.node_weights().flat_map(|n| n.params.iter()).collect();
         let parts: Vec<Vec<&str>> = all.iter().map(|p| p.name.split('.').collect()).collect();
         let mut order = Vec::with_capacity(all.len());
-        state_dict_order(&parts, (0..all.len()).collect(), 0, &mut order);
+        state_dict_order(&parts, (0..all.len()).collect(), 0, &self.param_order, &mut order);
         order.into_iter().map(move |i| all[i])
     }
     /// Total number of parameter elements (including BatchNorm running statistics).
@@ -304,8 +306,9 @@ impl Graph {
 }
 
 /// Orders parameter indices (names split at dots) as `state_dict`: tensors owned directly by
-/// the module at `depth` first, then each sub-module's group in order of first appearance.
-fn state_dict_order(parts: &[Vec<&str>], idx: Vec<usize>, depth: usize, out: &mut Vec<usize>) {
+/// the module at `depth` first, then each sub-module's group: those named by an `order:` of the
+/// module first, in that order, the others in order of first appearance.
+fn state_dict_order(parts: &[Vec<&str>], idx: Vec<usize>, depth: usize, declared: &[(String, Vec<String>)], out: &mut Vec<usize>) {
     let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
     for i in idx {
         if parts[i].len() <= depth + 1 {
@@ -318,7 +321,14 @@ fn state_dict_order(parts: &[Vec<&str>], idx: Vec<usize>, depth: usize, out: &mu
             }
         }
     }
+    if let Some(&first) = groups.first().and_then(|(_, g)| g.first()) {
+        let scope = parts[first][..depth].join(".");
+        if let Some((_, names)) = declared.iter().rev().find(|(s, _)| *s == scope) {
+            let rank = |k: &str| names.iter().position(|n| n == k).unwrap_or(names.len());
+            groups.sort_by_key(|(k, _)| rank(k));
+        }
+    }
     for (_, g) in groups {
-        state_dict_order(parts, g, depth + 1, out);
+        state_dict_order(parts, g, depth + 1, declared, out);
     }
 }

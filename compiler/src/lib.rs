@@ -125,6 +125,6 @@ pub fn compile(path: &str, loader: &dyn SourceLoader, options: &Options) -> Comp
         }
     }
     let has_error = diags.iter().any(|d| d.severity == diag::Severity::Error);
-    let graph = (!has_error).then(|| ir::Graph { meta, graph: lowerer.graph, output, scopes: lowerer.scopes });
+    let graph = (!has_error).then(|| ir::Graph { meta, graph: lowerer.graph, output, scopes: lowerer.scopes, param_order: lowerer.param_order });
     Compiled { graph, diagnostics: diags, sources }
 }

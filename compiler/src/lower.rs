@@ -22,7 +22,7 @@ pub const MAX_NODES: usize = 500_000;
 pub const MAX_DEPTH: usize = 64;
 
 /// Keys that make a list item a pattern rather than a named layer.
-pub const ITEM_KEYS: &[&str] = &["repeat", "dense", "as", "name", "do", "sees", "start", "residual", "skip", "post", "branches", "join", "if", "then", "else", "side", "from"];
+pub const ITEM_KEYS: &[&str] = &["repeat", "dense", "as", "name", "do", "sees", "start", "residual", "skip", "post", "branches", "join", "if", "then", "else", "side", "from", "order"];
 
 /// Names visible to `@ref` and `from:` inside one body: item names and outputs in order.
 #[derive(Default)]
@@ -82,6 +82,9 @@ pub struct Lowerer {
     pub scopes: Vec<Scope>,
     /// Collected diagnostics.
     pub diags: Vec<Diagnostic>,
+    /// `order:` items: sub-modules of a scope that `state_dict` lists first (PyTorch
+    /// registration order where it differs from use order).
+    pub param_order: Vec<(String, Vec<String>)>,
     blocks: HashMap<String, BlockDef>,
     names: HashMap<String, NodeId>,
     params: HashMap<String, Span>,
@@ -95,6 +98,7 @@ impl Lowerer {
             graph: DiGraph::new(),
             scopes: Vec::new(),
             diags: Vec::new(),
+            param_order: Vec::new(),
             blocks: blocks.into_iter().map(|b| (b.name.clone(), b)).collect(),
             names: HashMap::new(),
             params: HashMap::new(),
@@ -213,6 +217,15 @@ impl Lowerer {
 
     fn map_item(&mut self, item: &Yaml, entries: &[(Yaml, Yaml)], cur: NodeId, ctx: &Ctx) -> NodeId {
         let get = |k: &str| entry(entries, k);
+        if let (Some(o), 1) = (get("order"), entries.len()) {
+            // `- order: [reduction, norm]`: no node, only the state_dict order of this scope.
+            let names = match &o.kind {
+                Kind::Seq(s) => s.iter().filter_map(|n| n.scalar_text()).collect(),
+                _ => vec![o.scalar_text().unwrap_or_default()],
+            };
+            self.param_order.push((ctx.scope.clone(), names));
+            return cur;
+        }
         let mut name_entry: Option<(&Yaml, &Yaml)> = None;
         for (k, v) in entries {
             let Some(key) = k.scalar_text() else {
