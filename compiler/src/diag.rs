@@ -91,27 +91,52 @@ impl Diagnostic {
 
 /// "did you mean `x`?" for the closest candidate within a small edit distance.
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    let mut best: Option<(usize, &str)> = None;
+    let mut best: Option<((usize, usize), &str)> = None;
     for c in candidates {
         let d = edit_distance(word, c);
-        if d <= (word.len().max(3) / 3).max(1) && best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, c));
+        // `concatenate` -> `concat`, `global_avg` -> `global_avgpool`: one word extends the other.
+        let extends = word.len().min(c.len()) >= 3 && word.len() != c.len() && (word.starts_with(c) || c.starts_with(word));
+        let e = if extends { d.min(1) } else { d };
+        // Rank by the effective distance, then by the plain edit distance.
+        if e <= (word.len().max(3) / 3).max(1) && best.is_none_or(|(bd, _)| (e, d) < bd) {
+            best = Some(((e, d), c));
         }
     }
     best.map(|(_, c)| format!("did you mean `{c}`?"))
 }
 
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// adjacent characters (`cnov` -> `conv`, `widht` -> `width`) each cost one.
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    let mut prev2: Vec<usize> = Vec::new();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for i in 1..=a.len() {
         let mut cur = vec![i; b.len() + 1];
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
             cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(prev2[j - 2] + 1);
+            }
         }
-        prev = cur;
+        prev2 = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_swaps_and_extensions() {
+        assert_eq!(did_you_mean("cnov", ["conv", "bn"]).as_deref(), Some("did you mean `conv`?"));
+        assert_eq!(did_you_mean("widht", ["width"]).as_deref(), Some("did you mean `width`?"));
+        assert_eq!(did_you_mean("concatenate", ["concat", "add", "mul"]).as_deref(), Some("did you mean `concat`?"));
+        assert_eq!(did_you_mean("stide", ["s", "stride"]).as_deref(), Some("did you mean `stride`?"));
+        assert_eq!(did_you_mean("relu6x", ["relu", "relu6"]).as_deref(), Some("did you mean `relu6`?"));
+        assert_eq!(did_you_mean("zzz", ["conv"]), None);
+    }
 }

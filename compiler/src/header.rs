@@ -63,6 +63,11 @@ pub fn environment(spec: &Spec, variant: Option<&str>, diags: &mut Vec<Diagnosti
 }
 
 fn sizes(n: &Node, env: &Env, what: &str, diags: &mut Vec<Diagnostic>) -> Option<Vec<usize>> {
+    if let Kind::Map(_) = n.kind {
+        let hint = if what == "input" { "write `input: [3, 224, 224]` ([channels, height, width])" } else { "write a size such as 224 or [height, width]" };
+        diags.push(Diagnostic::error("E0022", n.span, format!("`{what}` must be a size or a list of sizes, found a mapping")).label("expected a list").hint(hint));
+        return None;
+    }
     let v = value_of(n, env).map_err(|d| diags.push(d)).ok()?;
     let list = match v {
         Value::List(l) => l,
@@ -191,8 +196,9 @@ fn preprocess(n: &Node, env: &Env, diags: &mut Vec<Diagnostic>) -> Preprocess {
 pub fn meta(spec: &Spec, env: &Env, variant: Option<String>, diags: &mut Vec<Diagnostic>) -> ModelMeta {
     let name = match &spec.name {
         Some((n, _)) => n.clone(),
+        None if spec.get("name").is_some() => String::new(),
         None => {
-            diags.push(Diagnostic::error("E0026", spec.span, "the spec has no `name:`").hint("add `name: my_model` at the top"));
+            diags.push(Diagnostic::error("E0026", spec.span, "the spec has no `name:`").label("this spec has no `name:`").hint("add `name: my_model` at the top"));
             String::new()
         }
     };
@@ -216,7 +222,7 @@ pub fn meta(spec: &Spec, env: &Env, variant: Option<String>, diags: &mut Vec<Dia
             None => vec![3, 224, 224],
         },
         None => {
-            diags.push(Diagnostic::error("E0026", spec.span, "the spec has no `input:` shape").hint("add `input: [3, 224, 224]`"));
+            diags.push(Diagnostic::error("E0026", spec.span, "the spec has no `input:` shape").label("this spec has no `input:`").hint("add `input: [3, 224, 224]`"));
             vec![3, 224, 224]
         }
     };

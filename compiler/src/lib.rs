@@ -65,8 +65,7 @@ fn read_all(path: &str, loader: &dyn SourceLoader, sources: &mut Sources, diags:
             return None;
         }
     };
-    let mut main = spec::read(file, &root, diags);
-    main.span = Span::new(file, 0, 0);
+    let main = spec::read(file, &root, diags);
     let mut blocks = Vec::new();
     let mut queue: Vec<(String, Span)> = main.imports.iter().map(|(p, s)| (resolve_path(path, p), *s)).collect();
     let mut seen = vec![path.to_string()];
@@ -111,7 +110,7 @@ pub fn compile(path: &str, loader: &dyn SourceLoader, options: &Options) -> Comp
     let (env, variant) = header::environment(&spec, options.variant.as_deref(), &mut diags);
     let meta = header::meta(&spec, &env, variant, &mut diags);
     let Some(body) = &spec.graph else {
-        diags.push(Diagnostic::error("E0026", spec.span, "the spec has no `graph:`").hint("add `graph:` with the list of layers"));
+        diags.push(Diagnostic::error("E0026", spec.span, "the spec has no `graph:`").label("this spec has no `graph:`").hint("add `graph:` with the list of layers"));
         return Compiled { graph: None, diagnostics: diags, sources };
     };
     let mut lowerer = lower::Lowerer::new(blocks);

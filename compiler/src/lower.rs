@@ -257,14 +257,6 @@ impl Lowerer {
             None => vec![cur],
         };
         let pattern = ["repeat", "dense", "residual", "branches", "if", "side"].into_iter().find(|k| get(k).is_some());
-        if let (Some(p), Some((k, _))) = (pattern, name_entry) {
-            self.error(
-                Diagnostic::error("E0303", k.span, format!("a `{p}` item cannot also be named `{}`", k.scalar_text().unwrap_or_default()))
-                    .hint("move the pattern into a block and call it by name, or give the pattern's `do:` a `name:` template"),
-                ctx,
-            );
-            return self.poison(cur, item.span, ctx);
-        }
         let allowed: &[&str] = match pattern {
             Some("repeat") => &["repeat", "as", "name", "do", "from"],
             Some("dense") => &["dense", "as", "name", "do", "sees", "start", "from"],
@@ -274,6 +266,22 @@ impl Lowerer {
             Some("side") => &["side", "from"],
             _ => &["do", "from"],
         };
+        if let (Some(p), Some((k, v))) = (pattern, name_entry) {
+            let key = k.scalar_text().unwrap_or_default();
+            let d = if matches!(v.kind, crate::yaml::Kind::Null) {
+                // `- layer1:` followed by the pattern's keys at the same indentation.
+                Diagnostic::error("E0303", k.span, format!("a `{p}` item cannot also be named `{key}`"))
+                    .label("a name")
+                    .hint(format!("indent the pattern under `{key}:` to make it a named scope, or give the pattern's `do:` a `name:` template"))
+            } else {
+                Diagnostic::error("E0304", k.span, format!("`{key}` is not a key of a `{p}` item"))
+                    .label("unknown key")
+                    .maybe_hint(did_you_mean(&key, allowed.iter().copied()))
+                    .hint(format!("a `{p}` item takes: {}", allowed.join(", ")))
+            };
+            self.error(d, ctx);
+            return self.poison(cur, item.span, ctx);
+        }
         for (k, _) in entries {
             if let Some(key) = k.as_str() {
                 if ITEM_KEYS.contains(&key) && !allowed.contains(&key) {

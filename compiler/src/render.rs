@@ -6,6 +6,21 @@ use crate::span::Sources;
 use codespan_reporting::diagnostic as cr;
 use codespan_reporting::term;
 
+/// Most trace frames rendered in full.
+const MAX_TRACE: usize = 8;
+
+/// An instance path for a trace note; very long ones (deep recursion) keep their two ends.
+fn short_path(path: &str) -> String {
+    if path.is_empty() {
+        return "<root>".into();
+    }
+    let parts: Vec<&str> = path.split('.').collect();
+    if parts.len() <= 12 {
+        return path.to_string();
+    }
+    format!("{}.<{} more>.{}", parts[..4].join("."), parts.len() - 8, parts[parts.len() - 4..].join("."))
+}
+
 fn to_codespan(d: &Diagnostic, sources: &Sources) -> cr::Diagnostic<usize> {
     let sev = match d.severity {
         Severity::Error => cr::Severity::Error,
@@ -21,12 +36,21 @@ fn to_codespan(d: &Diagnostic, sources: &Sources) -> cr::Diagnostic<usize> {
         labels.push(label.with_message(&l.message));
     }
     let mut notes: Vec<String> = Vec::new();
-    for f in d.trace.iter().rev() {
+    // Innermost frames first; a very deep trace (a recursive block) keeps its innermost and
+    // outermost frames and elides the middle.
+    let n = d.trace.len();
+    for (k, f) in d.trace.iter().rev().enumerate() {
+        if n > MAX_TRACE && k >= MAX_TRACE / 2 && k < n - MAX_TRACE / 2 {
+            if k == MAX_TRACE / 2 {
+                notes.push(format!("... {} more block expansions ...", n - 2 * (MAX_TRACE / 2)));
+            }
+            continue;
+        }
         let (line, col) = sources.line_col(f.span.file, f.span.start);
         notes.push(format!(
             "in block `{}` ({}), called at {}:{}:{}",
             f.block,
-            if f.path.is_empty() { "<root>" } else { &f.path },
+            short_path(&f.path),
             sources.name(f.span.file),
             line,
             col

@@ -78,12 +78,13 @@ pub fn map_entries<'a>(n: &'a Node, what: &str, diags: &mut Vec<Diagnostic>) -> 
 }
 
 /// Parses a block signature `name(a, b=1)`.
-fn parse_signature(text: &str, span: Span, body: Node) -> Result<BlockDef, Diagnostic> {
-    let e = parse_expr(text, span)?;
+fn parse_signature(text: &str, span: Span, body: Node, diags: &mut Vec<Diagnostic>) -> Result<BlockDef, Diagnostic> {
+    let e = parse_expr(text, span).map_err(|d| d.hint("a block signature looks like `name(param, other=default)` or just `name`"))?;
     let bad = |s: Span| Diagnostic::error("E0012", s, format!("invalid block signature `{text}`")).hint("write `name(param, other=default)` or just `name`");
     match e.kind {
         ExprKind::Var(name) => Ok(BlockDef { name, params: Vec::new(), body, span }),
         ExprKind::Call(c) => {
+            let spans: Vec<Span> = c.args.iter().map(|a| a.span).chain(c.kwargs.iter().map(|(_, s, _)| *s)).collect();
             let mut params = Vec::new();
             for a in c.args {
                 match a.kind {
@@ -93,6 +94,15 @@ fn parse_signature(text: &str, span: Span, body: Node) -> Result<BlockDef, Diagn
             }
             for (k, _, v) in c.kwargs {
                 params.push((k, Some(v)));
+            }
+            for (i, (p, _)) in params.iter().enumerate() {
+                if let Some(j) = params[..i].iter().position(|(q, _)| q == p) {
+                    // Reported, but the block is still defined: no "unknown block" at its calls.
+                    diags.push(Diagnostic::error("E0012", spans[i], format!("parameter `{p}` of block `{}` is declared twice", c.name))
+                        .label("second declaration")
+                        .with_label(spans[j], "first declaration")
+                        .hint("give each parameter its own name"));
+                }
             }
             Ok(BlockDef { name: c.name, params, body, span })
         }
@@ -114,6 +124,11 @@ pub fn read(file: FileId, root: &Node, diags: &mut Vec<Diagnostic>) -> Spec {
         blocks: Vec::new(),
         graph: None,
     };
+    // Errors about a missing key point at the start of the spec: its first key.
+    spec.span = match &root.kind {
+        Kind::Map(entries) if !entries.is_empty() => entries[0].0.span,
+        _ => root.span,
+    };
     let Kind::Map(entries) = &root.kind else {
         diags.push(Diagnostic::error("E0011", root.span, format!("a spec must be a mapping of keys (name, input, graph, ...), found {}", root.type_name())));
         return spec;
@@ -123,7 +138,11 @@ pub fn read(file: FileId, root: &Node, diags: &mut Vec<Diagnostic>) -> Spec {
         match key.as_str() {
             "name" => match v.scalar_text() {
                 Some(s) => spec.name = Some((s, v.span)),
-                None => diags.push(Diagnostic::error("E0013", v.span, format!("`name` must be a string, found {}", v.type_name()))),
+                None => {
+                    diags.push(Diagnostic::error("E0013", v.span, format!("`name` must be a string, found {}", v.type_name())).hint("write `name: my_model`"));
+                    // Present, though wrong: no second "the spec has no `name:`" error.
+                    spec.header.push((key.clone(), v.clone()));
+                }
             },
             "params" => {
                 for (pk, pv) in map_entries(v, "params", diags) {
@@ -163,7 +182,7 @@ pub fn read(file: FileId, root: &Node, diags: &mut Vec<Diagnostic>) -> Spec {
             "blocks" => {
                 for (bk, bv) in map_entries(v, "blocks", diags) {
                     let Some(sig) = key_str(bk, diags) else { continue };
-                    match parse_signature(&sig, bk.span, bv.clone()) {
+                    match parse_signature(&sig, bk.span, bv.clone(), diags) {
                         Ok(b) => {
                             if let Some(prev) = spec.blocks.iter().find(|x| x.name == b.name) {
                                 diags.push(

@@ -166,7 +166,19 @@ pub fn parse(file: FileId, text: &str) -> Result<Node, Diagnostic> {
     }
     let raw = std::panic::catch_unwind(|| serde_saphyr::from_str::<RawNode>(text));
     match raw {
-        Ok(Ok(raw)) => Ok(convert(file, text, raw)),
+        Ok(Ok(raw)) => {
+            let node = convert(file, text, raw);
+            if matches!(node.kind, Kind::Null) {
+                // Only comments (or `~`): point at the first non-blank line.
+                let start = text.len() - text.trim_start().len();
+                let line_end = text[start..].find('\n').map(|i| start + i).unwrap_or(text.len());
+                let end = start + text[start..line_end].trim_end().len();
+                return Err(Diagnostic::error("E0002", Span::new(file, start, end), "the spec file has no keys (only comments)")
+                    .label("nothing but comments")
+                    .hint("a spec starts with `name:`, `input:` and `graph:`"));
+            }
+            Ok(node)
+        }
         Ok(Err(e)) => {
             let span = e
                 .location()
@@ -220,12 +232,41 @@ fn convert(file: FileId, text: &str, raw: RawNode) -> Node {
             span = trim_quotes(text, span);
             Kind::Str(s)
         }
-        RawKind::Seq(items) => Kind::Seq(items.into_iter().map(|n| convert(file, text, n)).collect()),
+        RawKind::Seq(items) => {
+            let items: Vec<Node> = items.into_iter().map(|n| convert(file, text, n)).collect();
+            span = container_span(text, span, items.first().map(|n| n.span), items.last().map(|n| n.span));
+            Kind::Seq(items)
+        }
         RawKind::Map(items) => {
-            Kind::Map(items.into_iter().map(|(k, v)| (convert(file, text, k), convert(file, text, v))).collect())
+            let items: Vec<(Node, Node)> = items.into_iter().map(|(k, v)| (convert(file, text, k), convert(file, text, v))).collect();
+            span = container_span(text, span, items.first().map(|e| e.0.span), items.last().map(|e| e.1.span));
+            Kind::Map(items)
         }
     };
     Node { span, kind }
+}
+
+/// The reader gives collections an empty span at their start. A flow collection (`[..]`,
+/// `{..}`) gets its whole text up to the closing bracket; a block list its first `-`, a block
+/// mapping its first key, so that errors about it underline one line.
+fn container_span(text: &str, span: Span, first: Option<Span>, last: Option<Span>) -> Span {
+    let start = span.start as usize;
+    if span.end as usize > start + 1 {
+        return span;
+    }
+    match text.as_bytes().get(start) {
+        Some(b'-') => Span::new(span.file, start, start + 1),
+        Some(&open @ (b'[' | b'{')) => {
+            let close = if open == b'[' { b']' } else { b'}' };
+            let from = last.map(|l| l.end as usize).unwrap_or(start + 1).max(start + 1);
+            let end = text.get(from..).and_then(|t| t.find(close as char)).map(|i| from + i + 1).unwrap_or(from);
+            Span::new(span.file, start, end.min(text.len()))
+        }
+        _ => match first {
+            Some(f) if f.end as usize > start && span.start == span.end => Span::new(span.file, start, f.end as usize),
+            _ => span,
+        },
+    }
 }
 
 /// For a quoted scalar the span covers the quotes; expressions are offset inside it.

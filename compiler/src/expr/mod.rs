@@ -97,7 +97,12 @@ fn syntax_error(base: Span, e: pest::error::Error<Rule>, what: &str) -> Diagnost
         }
         pest::error::ErrorVariant::CustomError { message } => format!(": {message}"),
     };
-    Diagnostic::error("E0101", base.sub(start, end - start), format!("cannot parse {what}{expected}"))
+    let mut span = base.sub(start, end - start);
+    if span.start == span.end && base.start < base.end {
+        // At the end of the text: underline its last character.
+        span = Span::new(base.file, span.start.saturating_sub(1).max(base.start) as usize, span.start.max(base.start + 1) as usize);
+    }
+    Diagnostic::error("E0101", span, format!("cannot parse {what}{expected}"))
         .label("syntax error here")
         .hint("expressions look like `conv(64, k=3, s=2) -> bn -> relu`, `4*c`, `a if cond else b`")
 }
