@@ -100,8 +100,44 @@ fn read_all(path: &str, loader: &dyn SourceLoader, sources: &mut Sources, diags:
     Some((main, all))
 }
 
+/// Makes every label span of `d` a non-empty range of whole characters inside its file (a
+/// last line of defence: an expression offset inside an escaped YAML string can land in the
+/// middle of a character or past the scalar).
+fn fit_spans(d: &mut Diagnostic, sources: &Sources) {
+    for l in &mut d.labels {
+        if l.span.file >= sources.len() {
+            continue;
+        }
+        let text = sources.text(l.span.file);
+        let mut start = (l.span.start as usize).min(text.len());
+        let mut end = (l.span.end as usize).clamp(start, text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        if start == end {
+            if let Some(c) = text[end..].chars().next().filter(|c| *c != '\n') {
+                end += c.len_utf8();
+            } else if let Some(c) = text[..start].chars().next_back() {
+                start -= c.len_utf8();
+            }
+        }
+        l.span = Span::new(l.span.file, start, end);
+    }
+}
+
 /// Compiles the spec at `path` (read through `loader`).
 pub fn compile(path: &str, loader: &dyn SourceLoader, options: &Options) -> Compiled {
+    let mut c = compile_inner(path, loader, options);
+    for d in &mut c.diagnostics {
+        fit_spans(d, &c.sources);
+    }
+    c
+}
+
+fn compile_inner(path: &str, loader: &dyn SourceLoader, options: &Options) -> Compiled {
     let mut sources = Sources::default();
     let mut diags = Vec::new();
     let Some((spec, blocks)) = read_all(path, loader, &mut sources, &mut diags) else {

@@ -79,9 +79,10 @@ pub struct Step {
     pub expr: Expr,
 }
 
-fn syntax_error(base: Span, e: pest::error::Error<Rule>, what: &str) -> Diagnostic {
+fn syntax_error(base: Span, text: &str, e: pest::error::Error<Rule>, what: &str) -> Diagnostic {
     let (start, end) = match e.location {
-        pest::error::InputLocation::Pos(p) => (p, p + 1),
+        // One character, not one byte: `é` is two.
+        pest::error::InputLocation::Pos(p) => (p, p + text.get(p..).and_then(|t| t.chars().next()).map_or(1, char::len_utf8)),
         pest::error::InputLocation::Span((a, b)) => (a, b.max(a + 1)),
     };
     let expected = match &e.variant {
@@ -147,7 +148,7 @@ fn guard(text: &str, base: Span) -> Result<(), Diagnostic> {
 /// Parses a single expression; `base` is the span of `text` in its file.
 pub fn parse_expr(text: &str, base: Span) -> Result<Expr, Diagnostic> {
     guard(text, base)?;
-    let mut pairs = ExprParser::parse(Rule::expr_input, text).map_err(|e| syntax_error(base, e, "expression"))?;
+    let mut pairs = ExprParser::parse(Rule::expr_input, text).map_err(|e| syntax_error(base, text, e, "expression"))?;
     let top = pairs.next().unwrap();
     let expr = top.into_inner().next().unwrap();
     Ok(build_expr(expr, base))
@@ -156,7 +157,7 @@ pub fn parse_expr(text: &str, base: Span) -> Result<Expr, Diagnostic> {
 /// Parses a chain `a -> b -> name: c`; `base` is the span of `text` in its file.
 pub fn parse_chain(text: &str, base: Span) -> Result<Vec<Step>, Diagnostic> {
     guard(text, base)?;
-    let mut pairs = ExprParser::parse(Rule::chain_input, text).map_err(|e| syntax_error(base, e, "layer chain"))?;
+    let mut pairs = ExprParser::parse(Rule::chain_input, text).map_err(|e| syntax_error(base, text, e, "layer chain"))?;
     let top = pairs.next().unwrap();
     let mut steps = Vec::new();
     for step in top.into_inner() {
