@@ -36,7 +36,7 @@ pub const FIXTURES: &[(&str, &str, Option<&str>)] = &[
     ("densenet201", "specs/densenet201.yaml", None),
     ("mobilenetv1_100", "specs/mobilenet.yaml", None),
     ("mobilenet_v2", "specs/mobilenet_v2.yaml", None),
-    ("inception_v3", "specs/inception_v3.yaml", None),
+    ("inception_v3", "specs/inception_v3.yaml", Some("no_aux")),
     ("legacy_xception", "specs/xception.yaml", None),
     ("efficientnet_b0", "specs/efficientnet_b0.yaml", None),
     ("efficientnet_b4", "specs/efficientnet_b4.yaml", None),
