@@ -22,6 +22,10 @@ pub struct SummaryArgs {
     /// Variant to build.
     #[arg(long)]
     pub variant: Option<String>,
+    /// Show the inference-optimized graph (BatchNorm folded, activations fused, identities
+    /// and dead nodes removed) and the fusions.
+    #[arg(long)]
+    pub optimized: bool,
 }
 
 /// Arguments of `tlc dot`.
@@ -70,6 +74,12 @@ pub fn check(a: CheckArgs) -> u8 {
 /// `tlc summary`.
 pub fn summary(a: SummaryArgs) -> u8 {
     match load(&a.spec, a.variant.as_deref()) {
+        Ok(g) if a.optimized => {
+            let o = tlc_compiler::passes::optimize(&g);
+            print!("{}", emit::summary(&o.graph));
+            print!("{}", tlc_compiler::passes::describe(&o));
+            0
+        }
         Ok(g) => {
             print!("{}", emit::summary(&g));
             0

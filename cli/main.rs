@@ -1,6 +1,7 @@
 //! `tlc`: the command line. It only parses arguments and calls the compiler and runtime;
 //! one module per subcommand.
 
+mod bench;
 mod compile;
 mod inspect;
 mod run;
@@ -28,6 +29,8 @@ enum Command {
     Params(inspect::ParamsArgs),
     /// Run a model on images or a .npy input.
     Run(run::RunArgs),
+    /// Forward-pass latency, throughput and peak memory on the CPU.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Dot(a) => inspect::dot(a),
         Command::Params(a) => inspect::params(a),
         Command::Run(a) => run::run(a),
+        Command::Bench(a) => bench::bench(a),
     };
     ExitCode::from(code)
 }

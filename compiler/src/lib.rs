@@ -13,6 +13,7 @@ pub mod ir;
 pub mod lower;
 pub mod meta;
 pub mod ops;
+pub mod passes;
 pub mod render;
 pub mod span;
 pub mod spec;

@@ -5,6 +5,7 @@ pub mod formula;
 pub mod kernels;
 pub mod labels;
 pub mod model;
+pub mod optimize;
 pub mod preprocess;
 pub mod weights;
 

@@ -8,6 +8,7 @@ mod act;
 mod conv;
 mod norm;
 mod pool;
+pub mod fast;
 
 pub use act::{gelu_erf, hard_sigmoid, hard_swish, leaky_relu, relu6, sigmoid, silu};
 pub use conv::{conv2d, same_padding};

@@ -1,0 +1,461 @@
+//! Fast CPU kernels for inference (f32, contiguous NCHW, no autograd): convolution lowered to
+//! one GEMM per image and group (`gemm` crate, runtime SIMD dispatch) on a `[C*kh*kw, OH*OW]`
+//! im2col matrix (no copy at all for 1x1 stride-1 convs), so the product is already NCHW;
+//! a direct depthwise convolution; bias and activation fused into the output pass; a
+//! per-channel affine (unfolded BatchNorm) with activation; element-wise add with activation.
+//!
+//! Every entry point returns `Ok(None)` when it does not apply (not on the CPU, not f32, a
+//! tensor that tracks gradients), and the caller falls back to the portable candle path.
+
+use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
+use rayon::prelude::*;
+use tlc_compiler::ir::Activation;
+
+/// Runs `f` on the contiguous f32 CPU data of `t`, or returns `None`.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if t.track_op() || !t.device().is_cpu() {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => Some(f(&v[start..end])),
+        _ => None,
+    }
+}
+
+/// Whether the activation is applied by [`apply_act`] (the others go through candle).
+pub fn act_supported(a: Activation) -> bool {
+    !matches!(a, Activation::Gelu)
+}
+
+#[inline(always)]
+fn act_slice_impl(a: Activation, v: &mut [f32]) {
+    match a {
+        Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+        Activation::Relu6 => v.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
+        Activation::LeakyRelu(s) => {
+            let s = s as f32;
+            v.iter_mut().for_each(|x| {
+                if *x < 0.0 {
+                    *x *= s
+                }
+            })
+        }
+        Activation::Silu => v.iter_mut().for_each(|x| *x /= 1.0 + (-*x).exp()),
+        Activation::HardSwish => v.iter_mut().for_each(|x| *x = *x * (*x + 3.0).clamp(0.0, 6.0) / 6.0),
+        Activation::HardSigmoid => v.iter_mut().for_each(|x| *x = (*x + 3.0).clamp(0.0, 6.0) / 6.0),
+        Activation::Sigmoid => v.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
+        Activation::Tanh => v.iter_mut().for_each(|x| *x = x.tanh()),
+        Activation::Gelu => unreachable!("gelu is not fused"),
+    }
+}
+
+/// Applies `a` in place (not GELU: see [`act_supported`]).
+pub fn apply_act(a: Option<Activation>, v: &mut [f32]) {
+    if let Some(a) = a {
+        simd(|| act_slice_impl(a, v))
+    }
+}
+
+/// Runs `f` compiled for AVX2+FMA when the CPU has them (auto-vectorised loops), else as is.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// Conv geometry.
+#[derive(Clone, Copy)]
+struct Geo {
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    stride: [usize; 2],
+    pad: [usize; 4],
+    dil: [usize; 2],
+}
+
+/// `[lo, hi)` of output positions whose input index `o * s + off - p` lies in `0..n`.
+#[inline(always)]
+fn valid_range(out: usize, s: usize, off: usize, p: usize, n: usize) -> (usize, usize) {
+    // o * s + off >= p  and  o * s + off < p + n
+    let lo = if off >= p { 0 } else { (p - off).div_ceil(s) };
+    let hi = if p + n > off { (p + n - off).div_ceil(s) } else { 0 };
+    (lo.min(out), hi.min(out).max(lo.min(out)))
+}
+
+/// Fills the im2col matrix rows for channels `c0..c0+cg` of one image: row `(c, i, j)`,
+/// column `oy * ow + ox`.
+fn im2col(x: &[f32], g: &Geo, c0: usize, cg: usize, col: &mut [f32]) {
+    let p = g.oh * g.ow;
+    let rows_per_c = g.kh * g.kw;
+    let chunk = (cg * rows_per_c).div_ceil(threads() * 4).max(1);
+    col.par_chunks_mut(p * chunk).enumerate().for_each(|(ci, block)| {
+        simd(|| {
+            for (ri, row) in block.chunks_mut(p).enumerate() {
+                let r = ci * chunk + ri;
+                let (c, t) = (c0 + r / rows_per_c, r % rows_per_c);
+                let (i, j) = (t / g.kw, t % g.kw);
+                let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+                let (ylo, yhi) = valid_range(g.oh, g.stride[0], i * g.dil[0], g.pad[0], g.h);
+                let (xlo, xhi) = valid_range(g.ow, g.stride[1], j * g.dil[1], g.pad[2], g.w);
+                row[..ylo * g.ow].fill(0.0);
+                row[yhi * g.ow..].fill(0.0);
+                for oy in ylo..yhi {
+                    let iy = oy * g.stride[0] + i * g.dil[0] - g.pad[0];
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                    dst[..xlo].fill(0.0);
+                    dst[xhi..].fill(0.0);
+                    if xhi > xlo {
+                        let x0 = xlo * g.stride[1] + j * g.dil[1] - g.pad[2];
+                        if g.stride[1] == 1 {
+                            dst[xlo..xhi].copy_from_slice(&src[x0..x0 + (xhi - xlo)]);
+                        } else {
+                            for (k, d) in dst[xlo..xhi].iter_mut().enumerate() {
+                                *d = src[x0 + k * g.stride[1]];
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    });
+}
+
+/// `dst[m, n] (+)= lhs[m, k] * rhs[k, n]`, all row-major contiguous.
+fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], read_dst: bool, lhs: &[f32], rhs: &[f32]) {
+    let t = threads();
+    let par = if t > 1 && m * n * k > 64 * 64 * 64 { gemm::Parallelism::Rayon(t) } else { gemm::Parallelism::None };
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Convolution (PyTorch `F.conv2d` semantics, padding `[top, bottom, left, right]`) with
+/// fused bias and activation. `Ok(None)` when the fast path does not apply.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: [usize; 2],
+    pad: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
+    act: Option<Activation>,
+) -> Result<Option<Tensor>> {
+    if act.is_some_and(|a| !act_supported(a)) {
+        return Ok(None);
+    }
+    let (n, c, h, wd) = x.dims4()?;
+    let (co, cig, kh, kw) = w.dims4()?;
+    if groups == 0 || c % groups != 0 || co % groups != 0 || cig * groups != c || stride.contains(&0) || dilation.contains(&0) {
+        return Ok(None);
+    }
+    let (eh, ew) = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1);
+    if h + pad[0] + pad[1] < eh || wd + pad[2] + pad[3] < ew {
+        return Ok(None);
+    }
+    let oh = (h + pad[0] + pad[1] - eh) / stride[0] + 1;
+    let ow = (wd + pad[2] + pad[3] - ew) / stride[1] + 1;
+    let g = Geo { c, h, w: wd, kh, kw, oh, ow, stride, pad, dil: dilation };
+    let bias_v: Option<Vec<f32>> = match bias {
+        Some(b) => match with_f32(b, |v| v.to_vec()) {
+            Some(v) if v.len() == co => Some(v),
+            _ => return Ok(None),
+        },
+        None => None,
+    };
+    let out = with_f32(x, |xs| {
+        with_f32(w, |ws| {
+            if groups == c && co == c && groups > 1 {
+                depthwise(xs, ws, bias_v.as_deref(), n, &g, act)
+            } else {
+                gemm_conv(xs, ws, bias_v.as_deref(), n, co, groups, &g, act)
+            }
+        })
+    });
+    match out.flatten() {
+        Some(v) => Ok(Some(Tensor::from_vec(v, (n, co, oh, ow), &Device::Cpu)?)),
+        None => Ok(None),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, co: usize, groups: usize, g: &Geo, act: Option<Activation>) -> Vec<f32> {
+    let p = g.oh * g.ow;
+    let cg = g.c / groups;
+    let cog = co / groups;
+    let k = cg * g.kh * g.kw;
+    let direct = g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad == [0; 4];
+    let mut out = vec![0f32; n * co * p];
+    let mut col = if direct { Vec::new() } else { vec![0f32; k * p] };
+    for b in 0..n {
+        let xb = &x[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w];
+        let ob = &mut out[b * co * p..(b + 1) * co * p];
+        if let Some(bias) = bias {
+            ob.par_chunks_mut(p).zip(bias.par_iter()).for_each(|(row, &v)| row.fill(v));
+        }
+        for gi in 0..groups {
+            let rhs: &[f32] = if direct {
+                &xb[gi * cg * p..(gi + 1) * cg * p]
+            } else {
+                im2col(xb, g, gi * cg, cg, &mut col);
+                &col
+            };
+            let lhs = &w[gi * cog * k..(gi + 1) * cog * k];
+            matmul(cog, p, k, &mut ob[gi * cog * p..(gi + 1) * cog * p], bias.is_some(), lhs, rhs);
+        }
+        if act.is_some() {
+            let chunk = (co * p).div_ceil(threads() * 4).max(1024);
+            ob.par_chunks_mut(chunk).for_each(|v| apply_act(act, v));
+        }
+    }
+    out
+}
+
+/// Direct depthwise convolution: one output plane per (image, channel), accumulated row by
+/// row over the taps so the row stays in L1.
+fn depthwise(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, g: &Geo, act: Option<Activation>) -> Vec<f32> {
+    let (oh, ow) = (g.oh, g.ow);
+    let taps = g.kh * g.kw;
+    let mut out = vec![0f32; n * g.c * oh * ow];
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane_idx, o)| {
+        let c = plane_idx % g.c;
+        let xi = &x[plane_idx * g.h * g.w..(plane_idx + 1) * g.h * g.w];
+        let wc = &w[c * taps..(c + 1) * taps];
+        let b0 = bias.map_or(0.0, |b| b[c]);
+        simd(|| {
+            o.fill(b0);
+            let xr: Vec<(usize, usize)> = (0..g.kw).map(|j| valid_range(ow, g.stride[1], j * g.dil[1], g.pad[2], g.w)).collect();
+            for oy in 0..oh {
+                let orow = &mut o[oy * ow..(oy + 1) * ow];
+                for i in 0..g.kh {
+                    let iy = (oy * g.stride[0] + i * g.dil[0]) as isize - g.pad[0] as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let src = &xi[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for j in 0..g.kw {
+                        let (lo, hi) = xr[j];
+                        if hi <= lo {
+                            continue;
+                        }
+                        let wt = wc[i * g.kw + j];
+                        let x0 = lo * g.stride[1] + j * g.dil[1] - g.pad[2];
+                        let dst = &mut orow[lo..hi];
+                        if g.stride[1] == 1 {
+                            for (d, s) in dst.iter_mut().zip(&src[x0..x0 + (hi - lo)]) {
+                                *d += wt * s;
+                            }
+                        } else {
+                            let s = g.stride[1];
+                            for (k, d) in dst.iter_mut().enumerate() {
+                                *d += wt * src[x0 + k * s];
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(a) = act {
+                act_slice_impl(a, o);
+            }
+        })
+    });
+    out
+}
+
+/// `act(x * scale[c] + shift[c])` on NCHW (or `(N, C)`) `x`: an unfolded BatchNorm.
+pub fn channel_affine(x: &Tensor, scale: &[f32], shift: &[f32], act: Option<Activation>) -> Result<Option<Tensor>> {
+    if act.is_some_and(|a| !act_supported(a)) {
+        return Ok(None);
+    }
+    let dims = x.dims().to_vec();
+    if dims.len() < 2 || dims[1] != scale.len() {
+        return Ok(None);
+    }
+    let c = dims[1];
+    let inner: usize = dims[2..].iter().product();
+    let out = with_f32(x, |xs| {
+        let mut out = vec![0f32; xs.len()];
+        let rows = inner.max(1);
+        let per = (xs.len() / rows).div_ceil(threads() * 4).max(1);
+        out.par_chunks_mut(rows * per).zip(xs.par_chunks(rows * per)).enumerate().for_each(|(bi, (o, s))| {
+            simd(|| {
+                for (ri, (orow, srow)) in o.chunks_mut(rows).zip(s.chunks(rows)).enumerate() {
+                    let ch = (bi * per + ri) % c;
+                    let (a, b) = (scale[ch], shift[ch]);
+                    for (d, v) in orow.iter_mut().zip(srow) {
+                        *d = v * a + b;
+                    }
+                    if let Some(f) = act {
+                        act_slice_impl(f, orow);
+                    }
+                }
+            })
+        });
+        out
+    });
+    match out {
+        Some(v) => Ok(Some(Tensor::from_vec(v, dims, &Device::Cpu)?)),
+        None => Ok(None),
+    }
+}
+
+/// `act(a + b)` for same-shape tensors.
+pub fn add_act(a: &Tensor, b: &Tensor, act: Option<Activation>) -> Result<Option<Tensor>> {
+    if a.dims() != b.dims() || act.is_some_and(|f| !act_supported(f)) {
+        return Ok(None);
+    }
+    let out = with_f32(a, |xa| {
+        with_f32(b, |xb| {
+            let mut out = vec![0f32; xa.len()];
+            let per = xa.len().div_ceil(threads() * 4).max(4096);
+            out.par_chunks_mut(per).zip(xa.par_chunks(per).zip(xb.par_chunks(per))).for_each(|(o, (p, q))| {
+                simd(|| {
+                    for ((d, u), v) in o.iter_mut().zip(p).zip(q) {
+                        *d = u + v;
+                    }
+                    if let Some(f) = act {
+                        act_slice_impl(f, o);
+                    }
+                })
+            });
+            out
+        })
+    });
+    match out.flatten() {
+        Some(v) => Ok(Some(Tensor::from_vec(v, a.dims(), &Device::Cpu)?)),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testutil::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn fast_conv_matches_portable() {
+        // (x shape, w shape, stride, pad, dilation, groups)
+        let cases: &[([usize; 4], [usize; 4], [usize; 2], [usize; 4], [usize; 2], usize)] = &[
+            ([1, 8, 9, 9], [6, 8, 3, 3], [1, 1], [1; 4], [1, 1], 1),
+            ([2, 8, 9, 10], [6, 8, 3, 3], [2, 2], [1; 4], [1, 1], 1),
+            ([1, 8, 9, 9], [6, 8, 1, 1], [1, 1], [0; 4], [1, 1], 1),
+            ([1, 8, 9, 9], [6, 8, 1, 1], [2, 2], [0; 4], [1, 1], 1),
+            ([1, 3, 15, 15], [4, 3, 7, 7], [2, 2], [3; 4], [1, 1], 1),
+            ([1, 4, 6, 6], [4, 2, 3, 3], [2, 3], [0, 1, 1, 2], [1, 1], 2),
+            ([1, 2, 7, 7], [2, 2, 3, 3], [1, 1], [2, 2, 1, 1], [2, 1], 1),
+            ([1, 2, 5, 6], [3, 2, 1, 7], [2, 1], [0, 0, 3, 3], [1, 1], 1),
+            ([2, 5, 9, 9], [5, 1, 3, 3], [1, 1], [1; 4], [1, 1], 5),
+            ([1, 5, 10, 9], [5, 1, 3, 3], [2, 2], [0, 1, 0, 1], [1, 1], 5),
+            ([1, 5, 11, 11], [5, 1, 5, 5], [2, 2], [2; 4], [1, 1], 5),
+            ([1, 3, 7, 7], [3, 1, 3, 3], [1, 1], [2; 4], [2, 2], 3),
+            ([1, 4, 7, 7], [4, 1, 7, 7], [1, 1], [3; 4], [1, 1], 4),
+        ];
+        for (xs, wsh, s, p, d, g) in cases {
+            let x = sin_input(xs);
+            let w = cos_input(wsh, 0.3);
+            let b = cos_input(&[wsh[0]], 0.1);
+            for act in [None, Some(Activation::Relu), Some(Activation::Silu)] {
+                let want = crate::kernels::conv2d(&x, &w, Some(&b), *s, *p, *d, *g).unwrap();
+                let want = match act {
+                    None => want,
+                    Some(Activation::Relu) => want.relu().unwrap(),
+                    _ => want.silu().unwrap(),
+                };
+                let got = conv2d(&x, &w, Some(&b), *s, *p, *d, *g, act).unwrap().expect("fast path applies");
+                assert_eq!(got.dims(), want.dims(), "{xs:?} {wsh:?}");
+                assert!(max_diff(&got, &want) < 1e-4, "{xs:?} {wsh:?} {s:?} {p:?} {d:?} {g}: {}", max_diff(&got, &want));
+            }
+        }
+    }
+
+    #[test]
+    fn affine_and_add() {
+        let x = sin_input(&[2, 3, 4, 5]);
+        let y = cos_input(&[2, 3, 4, 5], 1.0);
+        let got = channel_affine(&x, &[1.0, 2.0, -1.0], &[0.5, 0.0, 1.0], Some(Activation::Relu6)).unwrap().unwrap();
+        let s = Tensor::new(&[1f32, 2.0, -1.0], &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
+        let t = Tensor::new(&[0.5f32, 0.0, 1.0], &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
+        let want = x.broadcast_mul(&s).unwrap().broadcast_add(&t).unwrap().clamp(0f32, 6f32).unwrap();
+        assert!(max_diff(&got, &want) < 1e-6);
+        let got = add_act(&x, &y, Some(Activation::Relu)).unwrap().unwrap();
+        assert!(max_diff(&got, &(&x + &y).unwrap().relu().unwrap()) < 1e-6);
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::kernels::testutil::*;
+
+    /// `cargo test --release -p tlc-runtime fast_conv_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn fast_conv_speed() {
+        for (c, co, hw, k, s, g) in [(64, 64, 56, 3, 1, 1), (256, 64, 56, 1, 1, 1), (64, 256, 56, 1, 1, 1), (3, 64, 224, 7, 2, 1), (144, 144, 56, 3, 1, 144), (32, 32, 112, 3, 1, 32)] {
+            let x = sin_input(&[1, c, hw, hw]);
+            let w = cos_input(&[co, c / g, k, k], 0.3);
+            let p = k / 2;
+            let time = |f: &dyn Fn() -> Tensor| {
+                let _ = f();
+                let mut v: Vec<f64> = (0..9)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        let _ = f();
+                        t.elapsed().as_secs_f64() * 1e3
+                    })
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v[4]
+            };
+            let fast = time(&|| conv2d(&x, &w, None, [s, s], [p; 4], [1, 1], g, None).unwrap().unwrap());
+            let old = time(&|| crate::kernels::conv2d(&x, &w, None, [s, s], [p; 4], [1, 1], g).unwrap());
+            println!("conv {c}->{co} {hw}x{hw} k{k} s{s} g{g}: fast {fast:.2} ms, portable {old:.2} ms");
+        }
+    }
+}

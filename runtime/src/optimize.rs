@@ -1,0 +1,196 @@
+//! The optimized view of a [`Model`] for inference: the graph after
+//! [`tlc_compiler::passes::optimize`] (BatchNorm folded, activations fused, identities and
+//! dead nodes removed), folded weights computed from the loaded ones, and the fast CPU
+//! kernels of [`crate::kernels::fast`] (with the portable candle path as fallback).
+//! The plain [`Model`] is untouched: parameter names and training keep using it.
+
+use crate::exec::{self, ParamSource};
+use crate::kernels::{self as k, fast};
+use crate::model::Model;
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use tlc_compiler::ir::{Activation, Graph, NodeId, Op};
+use tlc_compiler::ops::conv::resolve_padding;
+use tlc_compiler::passes::{self, Optimized};
+
+/// A model that runs the optimized graph.
+pub struct OptimizedModel {
+    /// The optimized graph (node names are the original ones).
+    pub graph: Graph,
+    /// Parameters by full name, with folded conv/linear weights and biases.
+    pub params: HashMap<String, Tensor>,
+    /// Device.
+    pub device: Device,
+    /// What the passes did, the fused activations, the node map and the buffer plan.
+    pub plan: Optimized,
+    /// Per unfolded BatchNorm node (new index): per-channel scale and shift.
+    affine: HashMap<usize, (Vec<f32>, Vec<f32>)>,
+}
+
+struct NodeParams<'a> {
+    node: &'a str,
+    params: &'a HashMap<String, Tensor>,
+}
+
+impl ParamSource for NodeParams<'_> {
+    fn param(&self, suffix: &str) -> candle_core::Result<&Tensor> {
+        let name = if suffix.is_empty() { self.node.to_string() } else { format!("{}.{suffix}", self.node) };
+        self.params.get(&name).ok_or_else(|| candle_core::Error::Msg(format!("parameter `{name}` is not loaded")))
+    }
+    fn has(&self, suffix: &str) -> bool {
+        let name = if suffix.is_empty() { self.node.to_string() } else { format!("{}.{suffix}", self.node) };
+        self.params.contains_key(&name)
+    }
+}
+
+fn vec1(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_device(&Device::Cpu)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+}
+
+/// `(scale, shift)` of an eval-mode BatchNorm: `gamma / sqrt(var + eps)`, `beta - mean * scale`
+/// (computed in f64).
+fn bn_affine(params: &HashMap<String, Tensor>, bn: &str, eps: f64) -> Result<(Vec<f32>, Vec<f32>)> {
+    let get = |s: &str| params.get(&format!("{bn}.{s}")).ok_or_else(|| anyhow!("parameter `{bn}.{s}` is not loaded")).and_then(vec1);
+    let (g, b, m, v) = (get("weight")?, get("bias")?, get("running_mean")?, get("running_var")?);
+    let scale: Vec<f64> = g.iter().zip(&v).map(|(&g, &v)| g as f64 / (v as f64 + eps).sqrt()).collect();
+    let shift = b.iter().zip(&m).zip(&scale).map(|((&b, &m), &s)| (b as f64 - m as f64 * s) as f32).collect();
+    Ok((scale.into_iter().map(|s| s as f32).collect(), shift))
+}
+
+impl Model {
+    /// The optimized view of this model (see [`OptimizedModel`]).
+    pub fn optimized(&self) -> Result<OptimizedModel> {
+        OptimizedModel::new(&self.graph, &self.params, &self.device)
+    }
+}
+
+impl OptimizedModel {
+    /// Optimizes `graph` and folds `params` (the plain model's tensors, by name).
+    pub fn new(graph: &Graph, params: &HashMap<String, Tensor>, device: &Device) -> Result<OptimizedModel> {
+        let plan = passes::optimize(graph);
+        let mut out: HashMap<String, Tensor> = HashMap::new();
+        for (_, n) in plan.graph.nodes() {
+            for p in &n.params {
+                if let Some(t) = params.get(&p.name) {
+                    out.insert(p.name.clone(), t.clone());
+                }
+            }
+        }
+        for f in &plan.folds {
+            let node = plan.graph.node(f.node);
+            let (scale, shift) = bn_affine(params, &f.bn, f.eps)?;
+            let wname = format!("{}.weight", node.name);
+            let bname = format!("{}.bias", node.name);
+            let w = params.get(&wname).ok_or_else(|| anyhow!("parameter `{wname}` is not loaded"))?;
+            let c = scale.len();
+            if w.dim(0)? != c {
+                bail!("cannot fold `{}` into `{}`: {} channels against {:?}", f.bn, node.name, c, w.dims());
+            }
+            let wv = vec1(w)?;
+            let per = wv.len() / c;
+            let wf: Vec<f32> = wv.iter().enumerate().map(|(i, &x)| x * scale[i / per]).collect();
+            let b0 = if f.had_bias { vec1(params.get(&bname).ok_or_else(|| anyhow!("parameter `{bname}` is not loaded"))?)? } else { vec![0.0; c] };
+            let bf: Vec<f32> = b0.iter().zip(&scale).zip(&shift).map(|((&b, &s), &t)| b * s + t).collect();
+            out.insert(wname, Tensor::from_vec(wf, w.dims(), device)?);
+            out.insert(bname, Tensor::from_vec(bf, c, device)?);
+        }
+        let mut affine = HashMap::new();
+        for (id, n) in plan.graph.nodes() {
+            if let Op::BatchNorm { eps } = n.op {
+                affine.insert(id.index(), bn_affine(params, &n.name, eps)?);
+            }
+        }
+        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine })
+    }
+
+    /// Runs the graph on `x` (NCHW) and returns the final output.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_with(x, &[])?.0)
+    }
+
+    /// Runs the graph and also returns the values of `taps` (node ids of the *original*
+    /// graph); a tap whose value the optimized graph no longer holds is an error.
+    pub fn forward_with(&self, x: &Tensor, taps: &[NodeId]) -> Result<(Tensor, Vec<Tensor>)> {
+        let input = &self.graph.meta.input;
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1..] != input[..] {
+            bail!("the input has shape {:?}; this model takes [N, {}, {}, {}]", dims, input[0], input[1], input[2]);
+        }
+        let taps: Vec<NodeId> = taps
+            .iter()
+            .map(|t| self.plan.map.get(t.index()).copied().flatten().ok_or_else(|| anyhow!("node {} has no value in the optimized graph", t.index())))
+            .collect::<Result<_>>()?;
+        let n = self.graph.graph.node_count();
+        let mut values: Vec<Option<Tensor>> = vec![None; n];
+        let mut tapped: Vec<Option<Tensor>> = vec![None; taps.len()];
+        for (id, node) in self.graph.nodes() {
+            let ins: Vec<Tensor> = node
+                .inputs
+                .iter()
+                .map(|i| values[i.index()].clone().ok_or_else(|| anyhow!("internal: value of node {} was freed early", i.index())))
+                .collect::<Result<_>>()?;
+            let out = if node.inputs.is_empty() {
+                x.clone()
+            } else {
+                self.eval(id, &ins).with_context(|| format!("while running node `{}`", node.name))?
+            };
+            for (k, t) in taps.iter().enumerate() {
+                if *t == id {
+                    tapped[k] = Some(out.clone());
+                }
+            }
+            values[id.index()] = Some(out);
+            for inp in &node.inputs {
+                if self.plan.last_use[inp.index()] == id.index() {
+                    values[inp.index()] = None;
+                }
+            }
+        }
+        let out = values[self.graph.output.index()].take().ok_or_else(|| anyhow!("the graph produced no output"))?;
+        Ok((out, tapped.into_iter().map(|t| t.unwrap()).collect()))
+    }
+
+    fn eval(&self, id: NodeId, ins: &[Tensor]) -> Result<Tensor> {
+        let node = self.graph.node(id);
+        let act = self.plan.acts[id.index()];
+        let p = NodeParams { node: &node.name, params: &self.params };
+        let fast = match &node.op {
+            Op::Conv { stride, padding, dilation, groups, bias, kernel, .. } => {
+                let (_, _, h, w) = ins[0].dims4()?;
+                let pad = resolve_padding(*padding, [h, w], *kernel, *stride, *dilation);
+                let b = if *bias { Some(p.param("bias")?) } else { None };
+                let wt = p.param("weight")?;
+                match fast::conv2d(&ins[0], wt, b, *stride, pad, *dilation, *groups, act)? {
+                    Some(y) => Some(y),
+                    None => Some(apply(act, k::conv2d(&ins[0], wt, b, *stride, pad, *dilation, *groups)?)?),
+                }
+            }
+            Op::BatchNorm { .. } => {
+                let (s, t) = &self.affine[&id.index()];
+                fast::channel_affine(&ins[0], s, t, act)?
+            }
+            Op::Add if ins.len() == 2 => fast::add_act(&ins[0], &ins[1], act)?,
+            _ => None,
+        };
+        match fast {
+            Some(y) => Ok(y),
+            None => apply(act, exec::eval(&node.op, ins, &p)?),
+        }
+    }
+}
+
+fn apply(act: Option<Activation>, x: Tensor) -> Result<Tensor> {
+    Ok(match act {
+        None => x,
+        Some(Activation::Relu) => x.relu()?,
+        Some(Activation::Relu6) => k::relu6(&x)?,
+        Some(Activation::LeakyRelu(s)) => k::leaky_relu(&x, s as f32)?,
+        Some(Activation::Silu) => k::silu(&x)?,
+        Some(Activation::Gelu) => k::gelu_erf(&x)?,
+        Some(Activation::HardSwish) => k::hard_swish(&x)?,
+        Some(Activation::HardSigmoid) => k::hard_sigmoid(&x)?,
+        Some(Activation::Sigmoid) => k::sigmoid(&x)?,
+        Some(Activation::Tanh) => x.tanh()?,
+    })
+}
