@@ -1,5 +1,5 @@
-//! `tlc run`: classify images (or run a raw `.npy` input) with a spec and weights; save
-//! outputs and intermediate features.
+//! `tlc run`: classify images or detect objects in them (or run a raw `.npy` input) with a
+//! spec and weights; save outputs, intermediate features and annotated images.
 
 use crate::compile::load;
 use anyhow::{anyhow, bail, Context, Result};
@@ -55,6 +55,14 @@ pub struct RunArgs {
     /// Detection NMS IoU threshold.
     #[arg(long, default_value_t = 0.45)]
     pub iou: f32,
+    /// Detection NMS mode: `reference` (class-agnostic for darknet heads as OpenCV's
+    /// `NMSBoxes`, class-wise for YOLOv8 as Ultralytics), `class` or `agnostic`.
+    #[arg(long, default_value = "reference", value_parser = ["reference", "class", "agnostic"])]
+    pub nms: String,
+    /// Detection: write the image with labelled boxes drawn (.jpg, .png or .bmp); with several
+    /// images (or a path that is a folder or has no extension) a folder of annotated images.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
     /// `cpu` or `cuda[:N]` (needs the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -91,6 +99,10 @@ pub fn build_model(graph: tlc_compiler::ir::Graph, weights: Option<&Path>, allow
     }
 }
 
+/// File extensions taken from a folder given to `--image` (files named explicitly are read
+/// whatever their extension: the format is recognised by content).
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "gif", "bmp", "webp"];
+
 fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
@@ -99,7 +111,11 @@ fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .with_context(|| format!("cannot read folder {}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|f| f.is_file())
+                .filter(|f| f.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())))
                 .collect();
+            if files.is_empty() {
+                bail!("folder {} holds no images ({})", p.display(), IMAGE_EXTENSIONS.join(", "));
+            }
             files.sort();
             out.extend(files);
         } else {
@@ -140,6 +156,9 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
     let labels = names(&graph.meta.labels);
     let model = build_model(graph, a.weights.as_deref(), a.allow_missing, &dev)?;
     let detect = model.graph.meta.task == tlc_compiler::ir::Task::Detect;
+    if a.save.is_some() && !detect {
+        bail!("--save draws detections: {} is not a detection spec (use --save-output for raw outputs)", a.spec);
+    }
     let heads: Vec<_> = model.graph.nodes().filter(|(_, n)| matches!(n.op, tlc_compiler::ir::Op::YoloHead { .. })).map(|(i, _)| i).collect();
     let mut all_taps = taps.clone();
     all_taps.extend(heads.iter().copied());
@@ -160,14 +179,17 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
         let files = collect_images(&a.image)?;
         let pre = &model.graph.meta.preprocess;
         let total = files.len();
-        for (bi, chunk) in files.chunks(a.batch.max(1)).enumerate() {
+        let mut saver = a.save.as_deref().map(|p| Saver::new(p, total)).transpose()?;
+        let mut progress = Progress::new(total, a.batch, a.json);
+        for chunk in files.chunks(a.batch.max(1)) {
             let mut xs = Vec::new();
             let mut prepared = Vec::new();
             for f in chunk {
                 let img = load_image(f)?;
-                let p = preprocess(&img, pre)?;
+                let p = preprocess(&img, pre).with_context(|| format!("cannot preprocess image {}", f.display()))?;
                 xs.push(p.to_tensor(&dev)?);
-                prepared.push((f.display().to_string(), p.scale, p.pad));
+                let keep = saver.as_ref().map(|_| img.into_rgb8());
+                prepared.push((f.clone(), p.scale, p.pad, p.original, keep));
             }
             let x = Tensor::cat(&xs, 0)?;
             let (y, f) = model.forward_with(&x, &all_taps)?;
@@ -175,17 +197,21 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
             for (k, t) in f.iter().enumerate() {
                 features[k].push(t.clone());
             }
-            for (i, (name, scale, pad)) in prepared.into_iter().enumerate() {
+            for (i, (file, scale, pad, original, keep)) in prepared.into_iter().enumerate() {
+                let name = file.display().to_string();
                 if detect {
-                    let dets = detect_one(&model, &heads, head_outs, &y, i, scale, pad, &labels, a)?;
+                    let dets = detect_one(&model, &heads, head_outs, &y, i, scale, pad, original, &labels, a)?;
+                    if let (Some(s), Some(mut img)) = (saver.as_mut(), keep) {
+                        tlc_runtime::draw::draw_detections(&mut img, &dets);
+                        s.save(&file, &img)?;
+                    }
                     detections.push((name.clone(), dets));
                 }
                 outputs.push((name, y.narrow(0, i, 1)?));
             }
-            if total > a.batch && !a.json {
-                eprintln!("[{}/{}] images", (bi * a.batch + chunk.len()).min(total), total);
-            }
+            progress.advance(chunk.len());
         }
+        progress.finish();
     }
     if let Some(path) = &a.save_output {
         let all = Tensor::cat(&outputs.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(), 0)?;
@@ -213,10 +239,11 @@ fn detect_one(
     i: usize,
     scale: (f32, f32),
     pad: (f32, f32),
+    original: (usize, usize),
     labels: &[String],
     a: &RunArgs,
 ) -> Result<Vec<tlc_runtime::detect::Detection>> {
-    use tlc_runtime::detect::{decode_darknet, decode_v8, finish};
+    use tlc_runtime::detect::{decode_darknet, decode_v8, finish, NmsMode, Post};
     let input = &model.graph.meta.input;
     let net = (input[1], input[2]);
     let mut cands = Vec::new();
@@ -229,7 +256,91 @@ fn detect_one(
             }
         }
     }
-    Ok(finish(&cands, net, scale, pad, a.iou, labels))
+    let darknet = !heads.is_empty();
+    let mode = match a.nms.as_str() {
+        "class" => NmsMode::ClassWise,
+        "agnostic" => NmsMode::Agnostic,
+        _ => NmsMode::reference(darknet),
+    };
+    // OpenCV reports darknet boxes unclipped (they may cross the border); Ultralytics clips.
+    let clip = (!darknet).then_some(original);
+    Ok(finish(&cands, &Post { net_hw: net, scale, pad, iou: a.iou, mode, clip }, labels))
+}
+
+/// Where `--save` writes annotated images: one file, or a folder of them named after the inputs.
+struct Saver {
+    target: PathBuf,
+    folder: bool,
+    used: std::collections::HashSet<PathBuf>,
+}
+
+impl Saver {
+    fn new(path: &Path, images: usize) -> Result<Saver> {
+        let folder = images > 1 || path.is_dir() || path.extension().is_none();
+        if folder {
+            std::fs::create_dir_all(path).with_context(|| format!("--save: cannot create folder {}", path.display()))?;
+        } else {
+            tlc_runtime::draw::check_format(path)?;
+        }
+        Ok(Saver { target: path.to_path_buf(), folder, used: Default::default() })
+    }
+
+    /// Saves the annotated image of `input`: in a folder as its file name (PNG when its own
+    /// format cannot be written; `-2`, `-3`... when two inputs share a name).
+    fn save(&mut self, input: &Path, img: &tlc_runtime::draw::RgbImage) -> Result<()> {
+        let path = if self.folder {
+            let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+            let ext = input.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).filter(|e| ["jpg", "jpeg", "png", "bmp"].contains(&e.as_str())).unwrap_or_else(|| "png".into());
+            let mut p = self.target.join(format!("{stem}.{ext}"));
+            let mut k = 2;
+            while self.used.contains(&p) {
+                p = self.target.join(format!("{stem}-{k}.{ext}"));
+                k += 1;
+            }
+            p
+        } else {
+            self.target.clone()
+        };
+        tlc_runtime::draw::save_image(img, &path)?;
+        self.used.insert(path);
+        Ok(())
+    }
+}
+
+/// Progress over image batches on stderr: a bar redrawn in place on a terminal, a line per
+/// batch otherwise; silent for a single batch and with `--json`.
+struct Progress {
+    total: usize,
+    done: usize,
+    on: bool,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: usize, batch: usize, json: bool) -> Progress {
+        use std::io::IsTerminal;
+        Progress { total, done: 0, on: total > batch.max(1) && !json, tty: std::io::stderr().is_terminal() }
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.done = (self.done + n).min(self.total);
+        if !self.on {
+            return;
+        }
+        if self.tty {
+            let width = 30;
+            let filled = width * self.done / self.total.max(1);
+            eprint!("\r[{}{}] {}/{} images", "#".repeat(filled), "-".repeat(width - filled), self.done, self.total);
+        } else {
+            eprintln!("[{}/{}] images", self.done, self.total);
+        }
+    }
+
+    fn finish(&self) {
+        if self.on && self.tty {
+            eprintln!();
+        }
+    }
 }
 
 fn print_detections(all: &[(String, Vec<tlc_runtime::detect::Detection>)], a: &RunArgs) -> Result<()> {

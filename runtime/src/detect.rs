@@ -1,5 +1,15 @@
 //! Detection post-processing: decoding darknet YOLO heads and YOLOv8 outputs, confidence
-//! threshold, class-wise NMS, and mapping boxes back to the original image.
+//! threshold, NMS, and mapping boxes back to the original image.
+//!
+//! Each format follows its reference's post-processing:
+//! - darknet heads (Yolo-Fastest): OpenCV's darknet importer and `cv2.dnn.NMSBoxes`, as in
+//!   `assets/scripts/verify_yolofastest.py`: one candidate per box with its argmax class,
+//!   score = objectness x class probability, kept when the score exceeds `conf`, then
+//!   **class-agnostic** NMS ([`NmsMode::Agnostic`]; `NMSBoxes` sees no classes). Class-wise NMS
+//!   does not reproduce the reference on `dog.jpg`: it keeps a "cat" 0.57 on the dog and a
+//!   second "bicycle" 0.32 that the reference suppresses.
+//! - YOLOv8: Ultralytics `non_max_suppression` defaults: best class per anchor, class-wise NMS
+//!   ([`NmsMode::ClassWise`]), boxes clipped to the image (`scale_boxes`).
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -34,7 +44,9 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 /// Decodes one darknet `[yolo]` head (`[A*(5+C), H, W]` for one image): `x = (σ(tx)+gx)/W`,
-/// `w = e^tw * anchor_w / net_w`, score = σ(obj) · σ(class); keeps candidates above `conf`.
+/// `w = e^tw * anchor_w / net_w`, score = σ(obj) · σ(class) of the box's best class (as
+/// OpenCV's darknet importer reports it); keeps boxes whose score exceeds `conf` (the
+/// reference's `conf > 0.3`).
 pub fn decode_darknet(head: &Tensor, anchors: &[[usize; 2]], mask: &[usize], classes: usize, net_hw: (usize, usize), conf: f32) -> Result<Vec<Candidate>> {
     let (c, h, w) = head.dims3()?;
     let na = mask.len();
@@ -53,11 +65,17 @@ pub fn decode_darknet(head: &Tensor, anchors: &[[usize; 2]], mask: &[usize], cla
                 let cy = (sigmoid(at(base + 1, y, x)) + y as f32) / h as f32;
                 let bw = at(base + 2, y, x).exp() * anchors[m][0] as f32 / net_hw.1 as f32;
                 let bh = at(base + 3, y, x).exp() * anchors[m][1] as f32 / net_hw.0 as f32;
+                let (mut best, mut class) = (f32::MIN, 0);
                 for k in 0..classes {
-                    let s = obj * sigmoid(at(base + 5 + k, y, x));
-                    if s >= conf {
-                        out.push(Candidate { cxcywh: [cx, cy, bw, bh], class: k, score: s });
+                    let logit = at(base + 5 + k, y, x);
+                    if logit > best {
+                        best = logit;
+                        class = k;
                     }
+                }
+                let s = obj * sigmoid(best);
+                if s > conf {
+                    out.push(Candidate { cxcywh: [cx, cy, bw, bh], class, score: s });
                 }
             }
         }
@@ -65,7 +83,8 @@ pub fn decode_darknet(head: &Tensor, anchors: &[[usize; 2]], mask: &[usize], cla
     Ok(out)
 }
 
-/// Decodes a YOLOv8 output `[4 + C, N]` (boxes in input pixels) for one image.
+/// Decodes a YOLOv8 output `[4 + C, N]` (boxes in input pixels) for one image; keeps anchors
+/// whose best class score exceeds `conf` (Ultralytics' `> conf_thres`).
 pub fn decode_v8(out: &Tensor, net_hw: (usize, usize), conf: f32) -> Result<Vec<Candidate>> {
     let (rows, n) = out.dims2()?;
     if rows < 5 {
@@ -81,7 +100,7 @@ pub fn decode_v8(out: &Tensor, net_hw: (usize, usize), conf: f32) -> Result<Vec<
                 cls = k - 4;
             }
         }
-        if best >= conf {
+        if best > conf {
             let g = |r: usize| v[r * n + i];
             res.push(Candidate {
                 cxcywh: [g(0) / net_hw.1 as f32, g(1) / net_hw.0 as f32, g(2) / net_hw.1 as f32, g(3) / net_hw.0 as f32],
@@ -105,22 +124,63 @@ fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     }
 }
 
-/// Class-wise non-maximum suppression on `[x1, y1, x2, y2]` boxes; returns kept indices, best first.
-pub fn nms(boxes: &[[f32; 4]], scores: &[f32], classes: &[usize], iou_threshold: f32) -> Vec<usize> {
+/// Which boxes may suppress each other in NMS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NmsMode {
+    /// Only boxes of the same class (Ultralytics' default, darknet's `do_nms_sort`).
+    ClassWise,
+    /// Any boxes, whatever their classes (OpenCV's `cv2.dnn.NMSBoxes`).
+    Agnostic,
+}
+
+impl NmsMode {
+    /// The reference's mode for a head format: agnostic for darknet heads (OpenCV
+    /// `NMSBoxes`), class-wise for YOLOv8 (Ultralytics).
+    pub fn reference(darknet: bool) -> NmsMode {
+        if darknet {
+            NmsMode::Agnostic
+        } else {
+            NmsMode::ClassWise
+        }
+    }
+}
+
+/// Greedy non-maximum suppression on `[x1, y1, x2, y2]` boxes: a box is dropped when its IoU
+/// with a better kept box exceeds `iou_threshold` (and, for [`NmsMode::ClassWise`], that box
+/// has its class). Returns kept indices, best first (ties keep input order, like a stable sort).
+pub fn nms(boxes: &[[f32; 4]], scores: &[f32], classes: &[usize], iou_threshold: f32, mode: NmsMode) -> Vec<usize> {
     let mut order: Vec<usize> = (0..boxes.len()).collect();
     order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap_or(std::cmp::Ordering::Equal));
     let mut keep: Vec<usize> = Vec::new();
     for i in order {
-        if keep.iter().all(|&k| classes[k] != classes[i] || iou(&boxes[k], &boxes[i]) <= iou_threshold) {
+        if keep.iter().all(|&k| (mode == NmsMode::ClassWise && classes[k] != classes[i]) || iou(&boxes[k], &boxes[i]) <= iou_threshold) {
             keep.push(i);
         }
     }
     keep
 }
 
-/// Maps candidates to original-image pixels (undoing resize and letterbox padding), runs NMS.
-/// `scale` and `pad` are the preprocessing's resize factors and letterbox offsets (y, x).
-pub fn finish(cands: &[Candidate], net_hw: (usize, usize), scale: (f32, f32), pad: (f32, f32), iou_threshold: f32, labels: &[String]) -> Vec<Detection> {
+/// How [`finish`] maps and filters candidates.
+#[derive(Clone, Copy, Debug)]
+pub struct Post {
+    /// Network input size `(h, w)`.
+    pub net_hw: (usize, usize),
+    /// The preprocessing's resize factors `(y, x)` (resized / original).
+    pub scale: (f32, f32),
+    /// The preprocessing's letterbox offsets `(top, left)` in input pixels.
+    pub pad: (f32, f32),
+    /// NMS IoU threshold.
+    pub iou: f32,
+    /// NMS mode.
+    pub mode: NmsMode,
+    /// Clip boxes to this original image size `(h, w)` (Ultralytics does; OpenCV does not).
+    pub clip: Option<(usize, usize)>,
+}
+
+/// Maps candidates to original-image pixels (undoing resize and letterbox padding), runs NMS,
+/// optionally clips. Detections come best first.
+pub fn finish(cands: &[Candidate], p: &Post, labels: &[String]) -> Vec<Detection> {
+    let (net_hw, scale, pad) = (p.net_hw, p.scale, p.pad);
     let boxes: Vec<[f32; 4]> = cands
         .iter()
         .map(|c| {
@@ -131,9 +191,13 @@ pub fn finish(cands: &[Candidate], net_hw: (usize, usize), scale: (f32, f32), pa
         .collect();
     let scores: Vec<f32> = cands.iter().map(|c| c.score).collect();
     let classes: Vec<usize> = cands.iter().map(|c| c.class).collect();
-    nms(&boxes, &scores, &classes, iou_threshold)
+    let clip = |b: [f32; 4]| match p.clip {
+        Some((h, w)) => [b[0].clamp(0.0, w as f32), b[1].clamp(0.0, h as f32), b[2].clamp(0.0, w as f32), b[3].clamp(0.0, h as f32)],
+        None => b,
+    };
+    nms(&boxes, &scores, &classes, p.iou, p.mode)
         .into_iter()
-        .map(|i| Detection { class: classes[i], label: labels.get(classes[i]).cloned().unwrap_or_else(|| classes[i].to_string()), score: scores[i], bbox: boxes[i] })
+        .map(|i| Detection { class: classes[i], label: labels.get(classes[i]).cloned().unwrap_or_else(|| classes[i].to_string()), score: scores[i], bbox: clip(boxes[i]) })
         .collect()
 }
 
@@ -142,9 +206,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nms_is_class_wise() {
-        let b = [[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0]];
-        let keep = nms(&b, &[0.9, 0.8, 0.7], &[0, 0, 1], 0.45);
-        assert_eq!(keep, vec![0, 2]);
+    fn nms_class_wise_and_agnostic() {
+        let b = [[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]];
+        let (s, c) = ([0.9, 0.8, 0.7, 0.5], [0, 0, 1, 0]);
+        assert_eq!(nms(&b, &s, &c, 0.45, NmsMode::ClassWise), vec![0, 2, 3]);
+        assert_eq!(nms(&b, &s, &c, 0.45, NmsMode::Agnostic), vec![0, 3]);
+    }
+
+    #[test]
+    fn finish_maps_letterbox_and_clips() {
+        // A 100x50 (w x h) image letterboxed to 64x64: gain 0.64, 16 px of padding on top.
+        let c = Candidate { cxcywh: [0.5, 0.5, 1.0, 0.5], class: 2, score: 0.9 };
+        let mut p = Post { net_hw: (64, 64), scale: (0.64, 0.64), pad: (16.0, 0.0), iou: 0.45, mode: NmsMode::ClassWise, clip: None };
+        let d = finish(&[c.clone()], &p, &["a".into(), "b".into(), "c".into()]);
+        assert_eq!(d[0].label, "c");
+        assert!(d[0].bbox.iter().zip([0.0, 0.0, 100.0, 50.0]).all(|(a, b)| (a - b).abs() < 1e-4), "{:?}", d[0].bbox);
+        p.pad = (20.0, 0.0);
+        p.clip = Some((50, 100));
+        let d = finish(&[c], &p, &[]);
+        assert_eq!((d[0].label.as_str(), d[0].bbox[1]), ("2", 0.0));
     }
 }

@@ -1,5 +1,6 @@
 //! tlc runtime: lowers the tlc IR to candle, loads weights and preprocesses images.
 pub mod detect;
+pub mod draw;
 pub mod exec;
 pub mod formula;
 pub mod kernels;
