@@ -1,0 +1,316 @@
+//! YOLO end to end (issue 4): Yolo-Fastest 1.1 raw heads against the OpenCV golden, real
+//! detections through the `tlc` binary against the reference (`verify_yolofastest.py`:
+//! OpenCV's darknet importer), YOLOv8 decoding, variants' parameter counts, `--save`.
+//! Tests needing `../shared` skip with a note when it is absent.
+
+mod common;
+use candle_core::Device;
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+use tlc_runtime::weights::Weights;
+use tlc_runtime::Model;
+
+fn assets() -> Option<PathBuf> {
+    let p = shared()?.join("assets");
+    p.is_dir().then_some(p)
+}
+
+fn max_diff_and_std(got: &candle_core::Tensor, want: &candle_core::Tensor) -> (f32, f32) {
+    assert_eq!(got.dims(), want.dims());
+    let o: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+    let e: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+    let mean = e.iter().sum::<f32>() / e.len() as f32;
+    let std = (e.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / e.len() as f32).sqrt();
+    let max = o.iter().zip(&e).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    (max, std)
+}
+
+#[test]
+fn yolo_fastest_heads_match_golden() {
+    let Some(a) = assets() else { return eprintln!("skipped: no ../shared") };
+    let graph = compile_spec("specs/yolo.yaml", None);
+    let ids = ["head_10x10", "head_20x20"].map(|n| graph.find(n).unwrap_or_else(|| panic!("no node {n}")));
+    let w = Weights::load(&a.join("weights/yolo-fastest-1.1.safetensors")).unwrap();
+    let model = Model::from_weights(graph, &w, false, &Device::Cpu).unwrap();
+    let golden = candle_core::safetensors::load(a.join("weights/yolo-fastest-1.1.dog-golden.safetensors"), &Device::Cpu).unwrap();
+    let (_, heads) = model.forward_with(&golden["input"], &ids).unwrap();
+    for (name, got) in ["head_10x10", "head_20x20"].iter().zip(&heads) {
+        let (max, std) = max_diff_and_std(got, &golden[*name]);
+        eprintln!("{name}: max |diff| {max:.3e}, std {std:.3e}, ratio {:.3e}", max / std);
+        assert!(max <= 1e-3 * std, "{name}: max diff {max} > 1e-3 * std {std}");
+    }
+}
+
+/// Runs the `tlc` binary from the repository root with `$TLC_WEIGHTS` at the shared weights.
+fn tlc(args: &[&str]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tlc"));
+    c.current_dir(root()).args(args);
+    if let Some(a) = assets() {
+        c.env("TLC_WEIGHTS", a.join("weights"));
+    }
+    c.output().unwrap()
+}
+
+fn photo(name: &str) -> String {
+    assets().unwrap().join("photos").join(name).display().to_string()
+}
+
+/// A fresh scratch folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tlc-yolo-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[derive(Clone, Debug)]
+struct Det {
+    label: String,
+    score: f64,
+    /// x1, y1, x2, y2 in original pixels.
+    xyxy: [f64; 4],
+}
+
+fn dets_of(v: &serde_json::Value) -> Vec<Det> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let b: Vec<f64> = d["box"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            Det { label: d["label"].as_str().unwrap().into(), score: d["score"].as_f64().unwrap(), xyxy: [b[0], b[1], b[2], b[3]] }
+        })
+        .collect()
+}
+
+fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    let ix = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let iy = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = ix * iy;
+    inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+}
+
+fn xywh(x: f64, y: f64, w: f64, h: f64) -> [f64; 4] {
+    [x, y, x + w, y + h]
+}
+
+/// Requires `got` and `want` to be the same set: a one-to-one pairing with equal labels,
+/// scores within `tol` and IoU >= `min_iou`; no detection left over on either side.
+fn assert_same_set(what: &str, got: &[Det], want: &[Det], tol: f64, min_iou: f64) {
+    let mut used = vec![false; got.len()];
+    for w in want {
+        let hit = got.iter().enumerate().find(|(i, g)| !used[*i] && g.label == w.label && (g.score - w.score).abs() <= tol && iou(&g.xyxy, &w.xyxy) >= min_iou);
+        let Some((i, g)) = hit else { panic!("{what}: no detection matches {w:?}; got {got:#?}") };
+        eprintln!("{what}: {:<8} {:.2} (ref {:.2})  box [{:.0}, {:.0}, {:.0}, {:.0}]  IoU {:.3}", g.label, g.score, w.score, g.xyxy[0], g.xyxy[1], g.xyxy[2] - g.xyxy[0], g.xyxy[3] - g.xyxy[1], iou(&g.xyxy, &w.xyxy));
+        used[i] = true;
+    }
+    let extra: Vec<_> = got.iter().zip(&used).filter(|(_, u)| !**u).map(|(g, _)| g).collect();
+    assert!(extra.is_empty(), "{what}: detections beyond the reference: {extra:#?}");
+}
+
+fn r(label: &str, score: f64, b: [f64; 4]) -> Det {
+    Det { label: label.into(), score, xyxy: xywh(b[0], b[1], b[2], b[3]) }
+}
+
+/// The reference detections of the issue (x, y, w, h as OpenCV's darknet importer gives them).
+fn issue_reference(image: &str) -> Vec<Det> {
+    match image {
+        "dog.jpg" => vec![r("car", 0.90, [454., 76., 230., 103.]), r("dog", 0.65, [122., 220., 242., 294.]), r("bicycle", 0.53, [243., 187., 346., 234.])],
+        "giraffe.jpg" => vec![r("giraffe", 0.95, [161., -11., 253., 453.]), r("zebra", 0.93, [310., 212., 101., 225.])],
+        "eagle.jpg" => vec![r("bird", 0.88, [223., 87., 364., 356.])],
+        "astronaut.png" => vec![r("person", 0.84, [18., 67., 346., 435.])],
+        _ => unreachable!(),
+    }
+}
+
+/// Low-scoring detections that `verify_yolofastest.py` itself reports beside the issue's list:
+/// the OpenCV golden of dog.jpg holds both dog.jpg ones (see
+/// `dog_matches_the_reference_script_on_the_opencv_golden`), and the heads match that golden to
+/// ~1e-5 of their std, so OpenCV gives the giraffe.jpg one too. No NMS mode or threshold removes
+/// them without removing the issue's bicycle 0.53: none overlaps another detection.
+fn reference_extras(image: &str) -> Vec<Det> {
+    match image {
+        "dog.jpg" => vec![r("car", 0.44, [690., 117., 39., 38.]), r("person", 0.31, [64., 73., 50., 45.])],
+        "giraffe.jpg" => vec![r("zebra", 0.56, [255., 288., 55., 141.])],
+        _ => vec![],
+    }
+}
+
+#[test]
+fn yolo_fastest_detects_the_reference_objects() {
+    if assets().is_none() {
+        return eprintln!("skipped: no ../shared");
+    }
+    for image in ["dog.jpg", "giraffe.jpg", "eagle.jpg", "astronaut.png"] {
+        let out = tlc(&["run", "specs/yolo.yaml", "--image", &photo(image), "--json"]);
+        assert!(out.status.success(), "{image}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got = dets_of(&v["detections"]);
+        let mut want = issue_reference(image);
+        want.extend(reference_extras(image));
+        assert_same_set(image, &got, &want, 0.05, 0.8);
+    }
+}
+
+/// `verify_yolofastest.py` on OpenCV's own decoded rows (the golden's `decoded_*`): argmax
+/// class, `conf > 0.3`, integer boxes, class-agnostic `cv2.dnn.NMSBoxes(…, 0.3, 0.45)`.
+fn reference_script_on_golden(golden: &std::collections::HashMap<String, candle_core::Tensor>, (w, h): (f64, f64)) -> Vec<Det> {
+    let names = tlc_runtime::labels::names(&tlc_compiler::ir::Labels::Builtin("coco".into()));
+    let mut cands = Vec::new();
+    for k in ["decoded_10x10", "decoded_20x20"] {
+        let rows: Vec<Vec<f32>> = golden[k].get(0).unwrap().to_vec2().unwrap();
+        for row in rows {
+            let (c, s) = row[5..].iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+            if s > 0.3 {
+                let (cx, cy, bw, bh) = (row[0] as f64 * w, row[1] as f64 * h, row[2] as f64 * w, row[3] as f64 * h);
+                // Python's int() truncates towards zero.
+                let b = [(cx - bw / 2.0).trunc(), (cy - bh / 2.0).trunc(), bw.trunc(), bh.trunc()];
+                cands.push(Det { label: names[c].clone(), score: s as f64, xyxy: xywh(b[0], b[1], b[2], b[3]) });
+            }
+        }
+    }
+    cands.sort_by(|a, b| b.score.partial_cmp(&a.score).unwrap());
+    let mut keep: Vec<Det> = Vec::new();
+    for c in cands {
+        if keep.iter().all(|k| iou(&k.xyxy, &c.xyxy) <= 0.45) {
+            keep.push(c);
+        }
+    }
+    keep
+}
+
+#[test]
+fn dog_matches_the_reference_script_on_the_opencv_golden() {
+    let Some(a) = assets() else { return eprintln!("skipped: no ../shared") };
+    let golden = candle_core::safetensors::load(a.join("weights/yolo-fastest-1.1.dog-golden.safetensors"), &Device::Cpu).unwrap();
+    let want = reference_script_on_golden(&golden, (768.0, 576.0));
+    let out = tlc(&["run", "specs/yolo.yaml", "--image", &photo("dog.jpg"), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = dets_of(&serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["detections"]);
+    assert_same_set("dog.jpg vs OpenCV", &got, &want, 0.01, 0.9);
+    // The same set as the issue's list plus the documented extras.
+    let mut listed = issue_reference("dog.jpg");
+    listed.extend(reference_extras("dog.jpg"));
+    assert_same_set("dog.jpg reference script vs issue", &want, &listed, 0.01, 0.8);
+}
+
+#[test]
+fn class_wise_nms_keeps_boxes_the_reference_suppresses() {
+    if assets().is_none() {
+        return eprintln!("skipped: no ../shared");
+    }
+    let out = tlc(&["run", "specs/yolo.yaml", "--image", &photo("dog.jpg"), "--json", "--nms", "class"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = dets_of(&serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["detections"]);
+    assert!(got.iter().any(|d| d.label == "cat"), "{got:#?}");
+    assert_eq!(got.len(), 7, "{got:#?}");
+}
+
+#[test]
+fn yolov8n_fixture_output_decodes_to_boxes_inside_the_image() {
+    use tlc_runtime::detect::{decode_v8, finish, NmsMode, Post};
+    let Some(s) = shared() else { return eprintln!("skipped: no ../shared") };
+    let y = candle_core::Tensor::read_npy(s.join("parity/yolov8n/output.npy")).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    assert_eq!(y.dims(), &[1, 84, 8400]);
+    let cands = decode_v8(&y.get(0).unwrap(), (640, 640), 0.25).unwrap();
+    // The fixture's formula weights give arbitrary boxes; the input image is the 640x640 tensor.
+    let p = Post { net_hw: (640, 640), scale: (1.0, 1.0), pad: (0.0, 0.0), iou: 0.45, mode: NmsMode::ClassWise, clip: Some((640, 640)) };
+    let dets = finish(&cands, &p, &tlc_runtime::labels::names(&tlc_compiler::ir::Labels::Builtin("coco".into())));
+    eprintln!("yolov8n fixture: {} candidates above 0.25, {} after NMS", cands.len(), dets.len());
+    assert!(!dets.is_empty() && dets.len() <= cands.len());
+    for d in &dets {
+        let [x1, y1, x2, y2] = d.bbox;
+        assert!(d.bbox.iter().all(|v| v.is_finite() && (0.0..=640.0).contains(v)), "{d:?}");
+        assert!(x1 <= x2 && y1 <= y2, "{d:?}");
+        assert!(d.score > 0.25 && d.class < 80 && !d.label.is_empty(), "{d:?}");
+    }
+    for w in dets.windows(2) {
+        assert!(w[0].score >= w[1].score);
+    }
+}
+
+#[test]
+fn yolov8_variants_check_with_ultralytics_parameter_counts() {
+    for (v, millions) in [("n", 3.2), ("s", 11.2), ("m", 25.9), ("l", 43.7), ("x", 68.2)] {
+        let out = tlc(&["check", "specs/yolov8.yaml", "--variant", v]);
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{v}: {line}{}", String::from_utf8_lossy(&out.stderr));
+        // "... N parameters (T trainable) ..."
+        let t: f64 = line.split(" trainable)").next().unwrap().rsplit('(').next().unwrap().trim().parse().unwrap_or_else(|_| panic!("{line}"));
+        eprintln!("yolov8{v}: {:.3}M trainable (Ultralytics {millions}M)", t / 1e6);
+        assert!((t / 1e6 - millions).abs() <= 0.05, "yolov8{v}: {t} trainable vs {millions}M");
+    }
+}
+
+#[test]
+fn save_writes_an_annotated_image() {
+    if assets().is_none() {
+        return eprintln!("skipped: no ../shared");
+    }
+    let d = scratch("save");
+    let out_path = d.join("dog-annotated.jpg");
+    let out = tlc(&["run", "specs/yolo.yaml", "--image", &photo("dog.jpg"), "--save", out_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let src = tlc_runtime::preprocess::load_image(std::path::Path::new(&photo("dog.jpg"))).unwrap().into_rgb8();
+    let img = tlc_runtime::preprocess::load_image(&out_path).unwrap().into_rgb8();
+    assert_eq!(img.dimensions(), src.dimensions());
+    // The car's box (454, 76)-(684, 180) is drawn: its top edge is now the class colour.
+    let c = tlc_runtime::draw::class_color(2);
+    let px = img.get_pixel(560, 78);
+    assert!((0..3).all(|k| (px[k] as i32 - c[k] as i32).abs() < 40), "{px:?} vs {c:?}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn folder_in_batches_gives_a_list_and_saves_a_folder() {
+    if assets().is_none() {
+        return eprintln!("skipped: no ../shared");
+    }
+    let d = scratch("folder");
+    let input = d.join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for f in ["dog.jpg", "eagle.jpg", "giraffe.jpg"] {
+        std::fs::copy(photo(f), input.join(f)).unwrap();
+    }
+    std::fs::write(input.join("notes.txt"), "not an image").unwrap();
+    let saved = d.join("annotated");
+    let out = tlc(&["run", "specs/yolo.yaml", "--image", input.to_str().unwrap(), "--batch", "2", "--json", "--save", saved.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v.as_array().expect("several images give a list");
+    assert_eq!(list.len(), 3);
+    for (entry, f) in list.iter().zip(["dog.jpg", "eagle.jpg", "giraffe.jpg"]) {
+        assert!(entry["file"].as_str().unwrap().ends_with(f), "{entry}");
+        let mut want = issue_reference(f);
+        want.extend(reference_extras(f));
+        // Batching does not change the results.
+        assert_same_set(f, &dets_of(&entry["detections"]), &want, 0.05, 0.8);
+        let img = tlc_runtime::preprocess::load_image(&saved.join(f)).unwrap();
+        assert!(img.width() > 0);
+    }
+    assert_eq!(std::fs::read_dir(&saved).unwrap().count(), 3);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn unreadable_images_are_clear_errors() {
+    let d = scratch("bad");
+    let truncated = d.join("truncated.jpg");
+    let missing = d.join("missing.jpg");
+    let mut cases = vec![("Cargo.toml".to_string(), "Cargo.toml".to_string()), (missing.display().to_string(), "missing.jpg".into())];
+    if let Some(a) = assets() {
+        let bytes = std::fs::read(a.join("photos/dog.jpg")).unwrap();
+        std::fs::write(&truncated, &bytes[..2000]).unwrap();
+        cases.push((truncated.display().to_string(), "truncated.jpg".into()));
+    }
+    // Without ../shared there are no Yolo-Fastest weights: YOLOv8 runs randomly initialised.
+    let spec = if assets().is_some() { "specs/yolo.yaml" } else { "specs/yolov8.yaml" };
+    for (path, name) in cases {
+        let out = tlc(&["run", spec, "--image", &path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path}: {err}");
+        assert!(err.contains(&name) && err.contains("error:") && !err.contains("panicked"), "{path}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
