@@ -3,8 +3,11 @@
 
 mod bench;
 mod compile;
+mod eval;
+mod features;
 mod inspect;
 mod run;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,6 +32,12 @@ enum Command {
     Params(inspect::ParamsArgs),
     /// Run a model on images or a .npy input.
     Run(run::RunArgs),
+    /// Transfer learning: cut a pretrained spec at its head, attach a new head, train it.
+    Train(train::TrainArgs),
+    /// Accuracy, precision/recall/F1, ROC AUC and confusion matrix on a folder of classes.
+    Eval(eval::EvalArgs),
+    /// Save intermediate features of a folder of images (with the file names).
+    Features(features::FeaturesArgs),
     /// Forward-pass latency, throughput and peak memory on the CPU.
     Bench(bench::BenchArgs),
 }
@@ -47,6 +56,9 @@ fn main() -> ExitCode {
         Command::Dot(a) => inspect::dot(a),
         Command::Params(a) => inspect::params(a),
         Command::Run(a) => run::run(a),
+        Command::Train(a) => train::train_cmd(a),
+        Command::Eval(a) => eval::eval(a),
+        Command::Features(a) => features::features(a),
         Command::Bench(a) => bench::bench(a),
     };
     ExitCode::from(code)

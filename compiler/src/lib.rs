@@ -17,6 +17,7 @@ pub mod passes;
 pub mod render;
 pub mod span;
 pub mod spec;
+pub mod surgery;
 pub mod yaml;
 
 use diag::Diagnostic;

@@ -8,6 +8,7 @@ pub mod labels;
 pub mod model;
 pub mod optimize;
 pub mod preprocess;
+pub mod train;
 pub mod weights;
 
 pub use model::Model;
