@@ -264,7 +264,8 @@ fn detect_one(
     };
     // OpenCV reports darknet boxes unclipped (they may cross the border); Ultralytics clips.
     let clip = (!darknet).then_some(original);
-    Ok(finish(&cands, &Post { net_hw: net, scale, pad, iou: a.iou, mode, clip }, labels))
+    let max_det = (!darknet).then_some(300);
+    Ok(finish(&cands, &Post { net_hw: net, scale, pad, iou: a.iou, mode, clip, max_det }, labels))
 }
 
 /// Where `--save` writes annotated images: one file, or a folder of them named after the inputs.
@@ -343,31 +344,44 @@ impl Progress {
     }
 }
 
+/// Writes `text` to stdout; a reader that went away (`tlc run ... | head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow!("cannot write to stdout: {e}")),
+        _ => Ok(()),
+    }
+}
+
 fn print_detections(all: &[(String, Vec<tlc_runtime::detect::Detection>)], a: &RunArgs) -> Result<()> {
+    use std::fmt::Write;
     if a.json {
         let v: Vec<serde_json::Value> = all.iter().map(|(f, d)| serde_json::json!({"file": f, "detections": d})).collect();
         let v = if v.len() == 1 { serde_json::json!({"detections": v[0]["detections"]}) } else { serde_json::Value::Array(v) };
-        println!("{}", serde_json::to_string(&v)?);
-        return Ok(());
+        return emit(&format!("{}\n", serde_json::to_string(&v)?));
     }
+    let mut s = String::new();
     for (f, dets) in all {
         if all.len() > 1 {
-            println!("{f}:");
+            writeln!(s, "{f}:")?;
         }
         for d in dets {
-            println!("  {:<16} {:.2}  [{:.0}, {:.0}, {:.0}, {:.0}]", d.label, d.score, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3]);
+            writeln!(s, "  {:<16} {:.2}  [{:.0}, {:.0}, {:.0}, {:.0}]", d.label, d.score, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3])?;
         }
     }
-    Ok(())
+    emit(&s)
 }
 
 fn print_results(outputs: &[(String, Tensor)], labels: &[String], a: &RunArgs) -> Result<()> {
+    use std::fmt::Write;
+    let mut out = String::new();
     let mut json = Vec::new();
     for (name, y) in outputs {
         let flat: Vec<f32> = y.flatten_all()?.to_vec1()?;
         if y.dims().len() != 2 {
             if !a.json {
-                println!("{name}: output {:?} (not a classifier output; use --save-output)", y.dims());
+                writeln!(out, "{name}: output {:?} (not a classifier output; use --save-output)", y.dims())?;
             }
             continue;
         }
@@ -376,16 +390,16 @@ fn print_results(outputs: &[(String, Tensor)], labels: &[String], a: &RunArgs) -
             json.push(serde_json::json!({"file": name, "top": top}));
         } else {
             if outputs.len() > 1 {
-                println!("{name}:");
+                writeln!(out, "{name}:")?;
             }
             for s in &top {
-                println!("  {:>5}  {:<30} {:.3}", s.class, s.label, s.score);
+                writeln!(out, "  {:>5}  {:<30} {:.3}", s.class, s.label, s.score)?;
             }
         }
     }
     if a.json {
         let v = if json.len() == 1 { serde_json::json!({"top": json[0]["top"]}) } else { serde_json::Value::Array(json) };
-        println!("{}", serde_json::to_string(&v)?);
+        writeln!(out, "{}", serde_json::to_string(&v)?)?;
     }
-    Ok(())
+    emit(&out)
 }

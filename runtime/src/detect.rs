@@ -9,7 +9,8 @@
 //!   does not reproduce the reference on `dog.jpg`: it keeps a "cat" 0.57 on the dog and a
 //!   second "bicycle" 0.32 that the reference suppresses.
 //! - YOLOv8: Ultralytics `non_max_suppression` defaults: best class per anchor, class-wise NMS
-//!   ([`NmsMode::ClassWise`]), boxes clipped to the image (`scale_boxes`).
+//!   ([`NmsMode::ClassWise`]), at most 300 detections (`max_det`), boxes clipped to the image
+//!   (`scale_boxes`).
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -175,6 +176,8 @@ pub struct Post {
     pub mode: NmsMode,
     /// Clip boxes to this original image size `(h, w)` (Ultralytics does; OpenCV does not).
     pub clip: Option<(usize, usize)>,
+    /// Keep at most this many detections, best first (Ultralytics' `max_det`, 300).
+    pub max_det: Option<usize>,
 }
 
 /// Maps candidates to original-image pixels (undoing resize and letterbox padding), runs NMS,
@@ -197,6 +200,7 @@ pub fn finish(cands: &[Candidate], p: &Post, labels: &[String]) -> Vec<Detection
     };
     nms(&boxes, &scores, &classes, p.iou, p.mode)
         .into_iter()
+        .take(p.max_det.unwrap_or(usize::MAX))
         .map(|i| Detection { class: classes[i], label: labels.get(classes[i]).cloned().unwrap_or_else(|| classes[i].to_string()), score: scores[i], bbox: clip(boxes[i]) })
         .collect()
 }
@@ -217,13 +221,17 @@ mod tests {
     fn finish_maps_letterbox_and_clips() {
         // A 100x50 (w x h) image letterboxed to 64x64: gain 0.64, 16 px of padding on top.
         let c = Candidate { cxcywh: [0.5, 0.5, 1.0, 0.5], class: 2, score: 0.9 };
-        let mut p = Post { net_hw: (64, 64), scale: (0.64, 0.64), pad: (16.0, 0.0), iou: 0.45, mode: NmsMode::ClassWise, clip: None };
+        let mut p = Post { net_hw: (64, 64), scale: (0.64, 0.64), pad: (16.0, 0.0), iou: 0.45, mode: NmsMode::ClassWise, clip: None, max_det: None };
         let d = finish(&[c.clone()], &p, &["a".into(), "b".into(), "c".into()]);
         assert_eq!(d[0].label, "c");
         assert!(d[0].bbox.iter().zip([0.0, 0.0, 100.0, 50.0]).all(|(a, b)| (a - b).abs() < 1e-4), "{:?}", d[0].bbox);
         p.pad = (20.0, 0.0);
         p.clip = Some((50, 100));
-        let d = finish(&[c], &p, &[]);
+        let d = finish(&[c.clone()], &p, &[]);
         assert_eq!((d[0].label.as_str(), d[0].bbox[1]), ("2", 0.0));
+        let far = Candidate { cxcywh: [0.1, 0.1, 0.01, 0.01], class: 2, score: 0.95 };
+        p.max_det = Some(1);
+        let d = finish(&[c, far], &p, &[]);
+        assert_eq!((d.len(), d[0].score), (1, 0.95));
     }
 }
