@@ -1,0 +1,233 @@
+//! Transfer learning end to end: `tlc train` on the real hymenoptera set with the real
+//! EfficientNet-Lite0 weights (frozen base, cached features, new Linear(1280, 2)), `tlc eval`
+//! and `tlc run` on the produced model.yaml; a tiny generated dataset with a corrupt file
+//! (skipped with a warning), full training (`--freeze none`, augmentation) and checkpoints that
+//! survive an interrupted run. Tests needing `../shared` skip with a note when it is absent.
+
+mod common;
+
+use common::{root, shared, Disk};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tlc_runtime::weights::{save_safetensors, Weights};
+
+fn tlc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tlc")).current_dir(root()).args(args).output().expect("run tlc")
+}
+
+fn ok(o: &Output) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "tlc failed: {}\nstdout: {out}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("tlc-transfer-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+fn no_tmp_files(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!n.ends_with(".tmp"), "temporary file left: {n}");
+    }
+}
+
+#[test]
+fn efficientnet_lite0_frozen_on_hymenoptera() {
+    let Some(s) = shared() else { return eprintln!("skipped: no ../shared") };
+    let data = s.join("assets/datasets/hymenoptera_data");
+    let weights = s.join("assets/weights/efficientnet-lite0.safetensors");
+    if !data.is_dir() || !weights.is_file() {
+        return eprintln!("skipped: no hymenoptera data or Lite0 weights");
+    }
+    let out = tmp("lite0");
+    let run = out.join("run");
+    let t = std::time::Instant::now();
+    let o = tlc(&["train", "specs/efficientnet_lite.yaml", "--weights", weights.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "20", "--seed", "0"]);
+    ok(&o);
+    eprintln!("tlc train: {:.1}s\n{}", t.elapsed().as_secs_f64(), String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let best = summary["best_val_accuracy"].as_f64().unwrap();
+    assert!(best >= 0.90, "val accuracy {best} < 0.90 (PyTorch reference 0.935)");
+    assert_eq!(summary["classes"], serde_json::json!(["ants", "bees"]));
+    assert_eq!(summary["val_samples"], 153);
+    for f in ["model.yaml", "best.safetensors", "last.safetensors", "metrics.csv", "summary.json"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    no_tmp_files(&run);
+    let w = Weights::load(&run.join("best.safetensors")).unwrap();
+    assert_eq!(w.get("head.1.weight").unwrap().dims(), &[2, 1280]);
+    assert!(w.get("_fc.weight").is_none());
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert!(csv.starts_with("epoch,phase,loss,accuracy,val_loss,val_accuracy,lr,seconds\n"));
+    assert_eq!(csv.lines().count(), 21);
+
+    // tlc eval on the produced spec reproduces the accuracy of best.safetensors.
+    let spec = run.join("model.yaml");
+    let o = tlc(&["eval", spec.to_str().unwrap(), "--weights", run.join("best.safetensors").to_str().unwrap(), "--data", data.join("val").to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(ok(&o).trim()).unwrap();
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!((acc - best).abs() < 1e-9, "eval accuracy {acc} != training's best {best}");
+    assert_eq!(v["confusion"].as_array().unwrap().len(), 2);
+    assert!(v["auc"].as_f64().unwrap() > 0.9);
+
+    // tlc run prints a class name.
+    let bee = std::fs::read_dir(data.join("val/bees")).unwrap().next().unwrap().unwrap().path();
+    let o = tlc(&["run", spec.to_str().unwrap(), "--weights", run.join("best.safetensors").to_str().unwrap(), "--image", bee.to_str().unwrap(), "--top", "1"]);
+    let text = ok(&o);
+    assert!(text.contains("ants") || text.contains("bees"), "{text}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A 24-bit BMP of `w x h` pixels from an RGB function.
+fn bmp(path: &Path, w: usize, h: usize, px: impl Fn(usize, usize) -> [u8; 3]) {
+    let row = (w * 3).div_ceil(4) * 4;
+    let size = 54 + row * h;
+    let mut b = Vec::with_capacity(size);
+    b.extend_from_slice(b"BM");
+    b.extend_from_slice(&(size as u32).to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&54u32.to_le_bytes());
+    b.extend_from_slice(&40u32.to_le_bytes());
+    b.extend_from_slice(&(w as i32).to_le_bytes());
+    b.extend_from_slice(&(h as i32).to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&24u16.to_le_bytes());
+    b.extend_from_slice(&[0; 24]);
+    for y in (0..h).rev() {
+        let start = b.len();
+        for x in 0..w {
+            let [r, g, bl] = px(x, y);
+            b.extend_from_slice(&[bl, g, r]);
+        }
+        b.resize(start + row, 0);
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+const TINY: &str = "name: tiny
+input: [3, 16, 16]
+preprocess: {resize: [16, 16], interpolation: bilinear, antialias: false, scale: 1/255, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
+labels: imagenet
+head: fc
+graph:
+  - conv1: conv(8, k=3, p=1, bias=false)
+  - bn1: bn
+  - relu
+  - global_avgpool
+  - flatten
+  - fc: linear(10)
+";
+
+/// A tiny spec with random "pretrained" weights and a two-class folder of generated images
+/// (reddish vs bluish, noisy) plus one corrupt file.
+fn tiny_setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let spec = dir.join("tiny.yaml");
+    std::fs::write(&spec, TINY).unwrap();
+    let c = tlc_compiler::compile(spec.to_str().unwrap(), &Disk, &tlc_compiler::Options::default());
+    let model = tlc_runtime::Model::random(c.graph.unwrap(), 1, &candle_core::Device::Cpu).unwrap();
+    let list: Vec<(String, candle_core::Tensor)> = model.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let weights = dir.join("tiny.safetensors");
+    save_safetensors(&list, &weights).unwrap();
+    let data = dir.join("data");
+    let mut state = 12345u64;
+    let mut noise = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 58) as u8
+    };
+    for split in ["train", "val"] {
+        for (ci, class) in ["blue", "red"].iter().enumerate() {
+            let d = data.join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..if split == "train" { 12 } else { 6 } {
+                let n: Vec<u8> = (0..20 * 20).map(|_| noise()).collect();
+                bmp(&d.join(format!("img {i}.bmp")), 20, 20, |x, y| {
+                    let v = n[y * 20 + x];
+                    if ci == 1 { [180 + v, 60, 60 + v] } else { [60 + v, 60, 180 + v] }
+                });
+            }
+        }
+    }
+    std::fs::write(data.join("train/red/broken.jpg"), b"\xff\xd8\xff\xe0 this is not a jpeg").unwrap();
+    (spec, weights, data)
+}
+
+#[test]
+fn corrupt_files_are_skipped_and_full_training_learns() {
+    let dir = tmp("tiny");
+    let (spec, weights, data) = tiny_setup(&dir);
+    let run = dir.join("run");
+    let o = tlc(&[
+        "train", spec.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(),
+        "--freeze", "none", "--epochs", "15", "--batch", "8", "--lr", "0.01", "--optimizer", "sgd", "--nesterov",
+    ]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("warning: skipping") && err.contains("broken.jpg"), "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["train_samples"], 24);
+    assert_eq!(summary["skipped"].as_array().unwrap().len(), 1);
+    let epochs = summary["epochs"].as_array().unwrap();
+    let first = epochs[0]["loss"].as_f64().unwrap();
+    let last = epochs.last().unwrap()["loss"].as_f64().unwrap();
+    assert!(last < first, "loss did not go down: {first} -> {last}");
+    assert!(summary["best_val_accuracy"].as_f64().unwrap() >= 0.9, "{summary}");
+    // BatchNorm trained in train mode: its running statistics moved.
+    let w0 = Weights::load(&weights).unwrap();
+    let w1 = Weights::load(&run.join("last.safetensors")).unwrap();
+    let d = (w0.get("bn1.running_mean").unwrap() - w1.get("bn1.running_mean").unwrap()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d > 0.0);
+    no_tmp_files(&run);
+    // Frozen base: the base tensors of best.safetensors are the pretrained ones.
+    let run2 = dir.join("run2");
+    ok(&tlc(&["train", spec.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", run2.to_str().unwrap(), "--epochs", "3", "--optimizer", "rmsprop"]));
+    let w2 = Weights::load(&run2.join("best.safetensors")).unwrap();
+    for name in ["conv1.weight", "bn1.weight", "bn1.running_mean", "bn1.running_var"] {
+        let d = (w0.get(name).unwrap() - w2.get(name).unwrap()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0, "{name} changed with a frozen base");
+    }
+    // eval and features on the result.
+    let o = tlc(&["eval", run.join("model.yaml").to_str().unwrap(), "--weights", run.join("best.safetensors").to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    let text = ok(&o);
+    assert!(text.contains("accuracy") && text.contains("ROC AUC") && text.contains("confusion"), "{text}");
+    let feats = dir.join("f.safetensors");
+    ok(&tlc(&["features", spec.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--images", data.join("val").to_str().unwrap(), "--layers", "2,bn1", "--out", feats.to_str().unwrap()]));
+    let meta = tlc_runtime::train::checkpoint::read_metadata(&feats).unwrap();
+    let files: Vec<String> = serde_json::from_str(&meta["files"]).unwrap();
+    assert_eq!(files.len(), 12);
+    assert!(files[0].ends_with("img 0.bmp"));
+    let f = Weights::load(&feats).unwrap();
+    assert_eq!(f.get("bn1").unwrap().dims(), &[12, 8, 16, 16]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_interrupted_run_leaves_loadable_checkpoints() {
+    let dir = tmp("interrupt");
+    let (spec, weights, data) = tiny_setup(&dir);
+    let run = dir.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlc"))
+        .current_dir(root())
+        .args(["train", spec.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--freeze", "none", "--epochs", "100000", "--batch", "4"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !(run.join("last.safetensors").is_file() && run.join("best.safetensors").is_file()) && t.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Whatever moment the kill hit, the checkpoints under their final names are complete.
+    for f in ["best.safetensors", "last.safetensors"] {
+        let w = Weights::load(&run.join(f)).unwrap_or_else(|e| panic!("{f}: {e:#}"));
+        assert_eq!(w.get("head.1.weight").unwrap().dims(), &[2, 8]);
+    }
+    let c = tlc_compiler::compile(run.join("model.yaml").to_str().unwrap(), &Disk, &tlc_compiler::Options::default());
+    assert!(c.graph.is_some(), "model.yaml does not compile");
+    let _ = std::fs::remove_dir_all(&dir);
+}
