@@ -222,12 +222,12 @@ mod tests {
         // A 100x50 (w x h) image letterboxed to 64x64: gain 0.64, 16 px of padding on top.
         let c = Candidate { cxcywh: [0.5, 0.5, 1.0, 0.5], class: 2, score: 0.9 };
         let mut p = Post { net_hw: (64, 64), scale: (0.64, 0.64), pad: (16.0, 0.0), iou: 0.45, mode: NmsMode::ClassWise, clip: None, max_det: None };
-        let d = finish(&[c.clone()], &p, &["a".into(), "b".into(), "c".into()]);
+        let d = finish(std::slice::from_ref(&c), &p, &["a".into(), "b".into(), "c".into()]);
         assert_eq!(d[0].label, "c");
         assert!(d[0].bbox.iter().zip([0.0, 0.0, 100.0, 50.0]).all(|(a, b)| (a - b).abs() < 1e-4), "{:?}", d[0].bbox);
         p.pad = (20.0, 0.0);
         p.clip = Some((50, 100));
-        let d = finish(&[c.clone()], &p, &[]);
+        let d = finish(std::slice::from_ref(&c), &p, &[]);
         assert_eq!((d[0].label.as_str(), d[0].bbox[1]), ("2", 0.0));
         let far = Candidate { cxcywh: [0.1, 0.1, 0.01, 0.01], class: 2, score: 0.95 };
         p.max_det = Some(1);
