@@ -10,7 +10,7 @@ use crate::model::Model;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
-use tlc_compiler::ir::{Activation, Graph, NodeId, Op};
+use tlc_compiler::ir::{Activation, Graph, NodeId, NormAxis, Op};
 use tlc_compiler::ops::conv::resolve_padding;
 use tlc_compiler::passes::{self, Optimized};
 
@@ -124,7 +124,11 @@ impl OptimizedModel {
         let n = self.graph.graph.node_count();
         let mut values: Vec<Option<Tensor>> = vec![None; n];
         let mut tapped: Vec<Option<Tensor>> = vec![None; taps.len()];
+        // `TLC_PROFILE=1`: time per op kind on stderr.
+        let profile = std::env::var_os("TLC_PROFILE").is_some();
+        let mut prof: Vec<(String, f64, usize)> = Vec::new();
         for (id, node) in self.graph.nodes() {
+            let t0 = profile.then(std::time::Instant::now);
             let ins: Vec<Tensor> = node
                 .inputs
                 .iter()
@@ -135,6 +139,17 @@ impl OptimizedModel {
             } else {
                 self.eval(id, &ins).with_context(|| format!("while running node `{}`", node.name))?
             };
+            if let Some(t0) = t0 {
+                let key = profile_key(&node.op, &out);
+                let dt = t0.elapsed().as_secs_f64() * 1e3;
+                match prof.iter_mut().find(|p| p.0 == key) {
+                    Some(p) => {
+                        p.1 += dt;
+                        p.2 += 1;
+                    }
+                    None => prof.push((key, dt, 1)),
+                }
+            }
             for (k, t) in taps.iter().enumerate() {
                 if *t == id {
                     tapped[k] = Some(out.clone());
@@ -145,6 +160,12 @@ impl OptimizedModel {
                 if self.plan.last_use[inp.index()] == id.index() {
                     values[inp.index()] = None;
                 }
+            }
+        }
+        if profile {
+            prof.sort_by(|a, b| b.1.total_cmp(&a.1));
+            for (k, t, n) in &prof {
+                eprintln!("{t:9.2} ms {n:5}x  {k}");
             }
         }
         let out = values[self.graph.output.index()].take().ok_or_else(|| anyhow!("the graph produced no output"))?;
@@ -170,7 +191,15 @@ impl OptimizedModel {
                 let (s, t) = &self.affine[&id.index()];
                 fast::channel_affine(&ins[0], s, t, act)?
             }
+            Op::Scale { shape } if act.is_none() && shape.len() == 3 && shape[1] == 1 && shape[2] == 1 && ins[0].rank() == 4 => {
+                let s = vec1(p.param("")?)?;
+                let zeros = vec![0f32; s.len()];
+                fast::channel_affine(&ins[0], &s, &zeros, None)?
+            }
             Op::Add if ins.len() == 2 => fast::add_act(&ins[0], &ins[1], act)?,
+            Op::Linear { bias, .. } => fast::linear(&ins[0], p.param("weight")?, if *bias { Some(p.param("bias")?) } else { None }, act)?,
+            Op::LayerNorm { eps, axis } if act.is_none() => fast::layer_norm(&ins[0], p.param("weight")?, p.param("bias")?, *eps, *axis == NormAxis::Channels)?,
+            Op::SelfAttention { heads } if act.is_none() => Some(self_attention(&ins[0], *heads, &p)?),
             _ => None,
         };
         match fast {
@@ -193,4 +222,33 @@ fn apply(act: Option<Activation>, x: Tensor) -> Result<Tensor> {
         Some(Activation::Sigmoid) => k::sigmoid(&x)?,
         Some(Activation::Tanh) => x.tanh()?,
     })
+}
+
+fn profile_key(op: &Op, _out: &Tensor) -> String {
+    match op {
+        Op::Conv { kernel, groups, stride, .. } => format!("Conv k{}x{} s{} {}", kernel[0], kernel[1], stride[0], if *groups == 1 { "dense" } else { "grouped" }),
+        other => {
+            let s = format!("{other:?}");
+            s.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("").to_string()
+        }
+    }
+}
+
+/// `nn.MultiheadAttention` self-attention (batch first) with the fast linear layers.
+fn self_attention(x: &Tensor, heads: usize, p: &dyn ParamSource) -> Result<Tensor> {
+    let lin = |x: &Tensor, w: &str, b: &str| -> Result<Tensor> {
+        let (w, b) = (p.param(w)?, p.param(b)?);
+        Ok(match fast::linear(x, w, Some(b), None)? {
+            Some(y) => y,
+            None => exec::linear(x, w, Some(b))?,
+        })
+    };
+    let (n, l, d) = x.dims3()?;
+    let hd = d / heads;
+    let qkv = lin(x, "in_proj_weight", "in_proj_bias")?;
+    let split = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i * d, d)?.reshape((n, l, heads, hd))?.transpose(1, 2)?.contiguous()?) };
+    let (q, kk, v) = (split(0)?, split(1)?, split(2)?);
+    let o = k::attention(&q, &kk, &v, None)?;
+    let o = o.transpose(1, 2)?.reshape((n, l, d))?;
+    lin(&o, "out_proj.weight", "out_proj.bias")
 }

@@ -25,8 +25,8 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
 }
 
 /// Whether the activation is applied by [`apply_act`] (the others go through candle).
-pub fn act_supported(a: Activation) -> bool {
-    !matches!(a, Activation::Gelu)
+pub fn act_supported(_a: Activation) -> bool {
+    true
 }
 
 #[inline(always)]
@@ -47,11 +47,32 @@ fn act_slice_impl(a: Activation, v: &mut [f32]) {
         Activation::HardSigmoid => v.iter_mut().for_each(|x| *x = (*x + 3.0).clamp(0.0, 6.0) / 6.0),
         Activation::Sigmoid => v.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
         Activation::Tanh => v.iter_mut().for_each(|x| *x = x.tanh()),
-        Activation::Gelu => unreachable!("gelu is not fused"),
+        Activation::Gelu => v.iter_mut().for_each(|x| *x = 0.5 * *x * (1.0 + erf_f32(*x * std::f32::consts::FRAC_1_SQRT_2))),
     }
 }
 
-/// Applies `a` in place (not GELU: see [`act_supported`]).
+/// `erf` as a rational function on [-4, 4] (Eigen's/XLA's single-precision approximation,
+/// within a few ulp; branch-free so it vectorizes).
+#[inline(always)]
+fn erf_f32(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10_f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 - 2.101_024e-6;
+    p = p * x2 - 5.692_506_4e-5;
+    p = p * x2 - 7.349_906_3e-4;
+    p = p * x2 - 2.954_600e-3;
+    p = p * x2 - 1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5_f32;
+    q = q * x2 - 2.133_740_6e-4;
+    q = q * x2 - 1.682_827e-3;
+    q = q * x2 - 7.373_329e-3;
+    q = q * x2 - 1.426_474e-2;
+    x * p / q
+}
+
+/// Applies `a` in place.
 pub fn apply_act(a: Option<Activation>, v: &mut [f32]) {
     if let Some(a) = a {
         simd(|| act_slice_impl(a, v))
@@ -369,6 +390,115 @@ pub fn add_act(a: &Tensor, b: &Tensor, act: Option<Activation>) -> Result<Option
     }
 }
 
+/// `act(x @ w^T + b)` on the last dim of `x`, `w` `[out, in]` (PyTorch `nn.Linear`).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Option<Activation>) -> Result<Option<Tensor>> {
+    let dims = x.dims().to_vec();
+    let Some(&inf) = dims.last() else { return Ok(None) };
+    let (outf, winf) = w.dims2()?;
+    if winf != inf {
+        return Ok(None);
+    }
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let bias_v: Option<Vec<f32>> = match b {
+        Some(b) => match with_f32(b, |v| v.to_vec()) {
+            Some(v) if v.len() == outf => Some(v),
+            _ => return Ok(None),
+        },
+        None => None,
+    };
+    let out = with_f32(x, |xs| {
+        with_f32(w, |ws| {
+            let mut out = vec![0f32; rows * outf];
+            if let Some(bv) = &bias_v {
+                out.par_chunks_mut(outf).for_each(|r| r.copy_from_slice(bv));
+            }
+            let t = threads();
+            let par = if t > 1 && rows * outf * inf > 64 * 64 * 64 { gemm::Parallelism::Rayon(t) } else { gemm::Parallelism::None };
+            // dst[rows, out] = x[rows, in] * w^T (w^T read with column stride `in`).
+            unsafe {
+                gemm::gemm(rows, outf, inf, out.as_mut_ptr(), 1, outf as isize, bias_v.is_some(), xs.as_ptr(), 1, inf as isize, ws.as_ptr(), inf as isize, 1, 1.0f32, 1.0f32, false, false, false, par)
+            }
+            if act.is_some() {
+                let chunk = out.len().div_ceil(threads() * 4).max(1024);
+                out.par_chunks_mut(chunk).for_each(|v| apply_act(act, v));
+            }
+            out
+        })
+    });
+    let mut shape = dims;
+    *shape.last_mut().unwrap() = outf;
+    match out.flatten() {
+        Some(v) => Ok(Some(Tensor::from_vec(v, shape, &Device::Cpu)?)),
+        None => Ok(None),
+    }
+}
+
+/// LayerNorm over the last dim (`channels == false`) or over dim 1 of NCHW (`true`).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, channels: bool) -> Result<Option<Tensor>> {
+    let dims = x.dims().to_vec();
+    if dims.is_empty() || (channels && dims.len() != 4) {
+        return Ok(None);
+    }
+    let (Some(wv), Some(bv)) = (with_f32(w, |v| v.to_vec()), with_f32(b, |v| v.to_vec())) else { return Ok(None) };
+    let eps = eps as f32;
+    let out = with_f32(x, |xs| {
+        let mut out = vec![0f32; xs.len()];
+        if !channels {
+            let d = *dims.last().unwrap();
+            if wv.len() != d || bv.len() != d || d == 0 {
+                return None;
+            }
+            let per = (xs.len() / d).div_ceil(threads() * 4).max(1);
+            out.par_chunks_mut(d * per).zip(xs.par_chunks(d * per)).for_each(|(o, s)| {
+                simd(|| {
+                    for (orow, srow) in o.chunks_mut(d).zip(s.chunks(d)) {
+                        let mean = srow.iter().sum::<f32>() / d as f32;
+                        let var = srow.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                        let r = 1.0 / (var + eps).sqrt();
+                        for (((o, v), g), bb) in orow.iter_mut().zip(srow).zip(&wv).zip(&bv) {
+                            *o = (v - mean) * r * g + bb;
+                        }
+                    }
+                })
+            });
+        } else {
+            let (c, hw) = (dims[1], dims[2] * dims[3]);
+            if wv.len() != c || bv.len() != c || c == 0 {
+                return None;
+            }
+            out.par_chunks_mut(c * hw).zip(xs.par_chunks(c * hw)).for_each(|(o, s)| {
+                simd(|| {
+                    let mut mean = vec![0f32; hw];
+                    let mut var = vec![0f32; hw];
+                    for ch in s.chunks(hw) {
+                        for (m, v) in mean.iter_mut().zip(ch) {
+                            *m += v;
+                        }
+                    }
+                    mean.iter_mut().for_each(|m| *m /= c as f32);
+                    for ch in s.chunks(hw) {
+                        for ((q, v), m) in var.iter_mut().zip(ch).zip(&mean) {
+                            *q += (v - m) * (v - m);
+                        }
+                    }
+                    var.iter_mut().for_each(|q| *q = 1.0 / (*q / c as f32 + eps).sqrt());
+                    for (k, (och, sch)) in o.chunks_mut(hw).zip(s.chunks(hw)).enumerate() {
+                        let (g, bb) = (wv[k], bv[k]);
+                        for (((o, v), m), r) in och.iter_mut().zip(sch).zip(&mean).zip(&var) {
+                            *o = (v - m) * r * g + bb;
+                        }
+                    }
+                })
+            });
+        }
+        Some(out)
+    });
+    match out.flatten() {
+        Some(v) => Ok(Some(Tensor::from_vec(v, dims, &Device::Cpu)?)),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +545,32 @@ mod tests {
     }
 
     #[test]
+    fn linear_and_layer_norm() {
+        let x = sin_input(&[2, 5, 7]);
+        let w = cos_input(&[6, 7], 0.3);
+        let b = cos_input(&[6], 0.1);
+        let want = crate::exec::linear(&x, &w, Some(&b)).unwrap().gelu_erf().unwrap();
+        let got = linear(&x, &w, Some(&b), Some(Activation::Gelu)).unwrap().unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        let g = cos_input(&[7], 1.0);
+        let want = crate::kernels::layer_norm_last(&x, &g, &b.narrow(0, 0, 6).unwrap().pad_with_zeros(0, 0, 1).unwrap(), 1e-6).unwrap();
+        let got = layer_norm(&x, &g, &b.narrow(0, 0, 6).unwrap().pad_with_zeros(0, 0, 1).unwrap(), 1e-6, false).unwrap().unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        let x = sin_input(&[2, 3, 4, 5]);
+        let g = cos_input(&[3], 1.0);
+        let bb = cos_input(&[3], 0.2);
+        let want = crate::kernels::layer_norm_channels(&x, &g, &bb, 1e-6).unwrap();
+        let got = layer_norm(&x, &g, &bb, 1e-6, true).unwrap().unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+    }
+
+    #[test]
+    fn erf_close_to_libm() {
+        let worst = (-6000..6000).map(|i| i as f32 * 1e-3).map(|x| (erf_f32(x) as f64 - libm::erf(x as f64)).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-6, "{worst}");
+    }
+
+    #[test]
     fn affine_and_add() {
         let x = sin_input(&[2, 3, 4, 5]);
         let y = cos_input(&[2, 3, 4, 5], 1.0);
@@ -457,5 +613,36 @@ mod bench {
             let old = time(&|| crate::kernels::conv2d(&x, &w, None, [s, s], [p; 4], [1, 1], g).unwrap());
             println!("conv {c}->{co} {hw}x{hw} k{k} s{s} g{g}: fast {fast:.2} ms, portable {old:.2} ms");
         }
+    }
+}
+
+#[cfg(test)]
+mod parts {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn fast_conv_parts() {
+        let (c, co, hw) = (64usize, 64usize, 56usize);
+        let g = Geo { c, h: hw, w: hw, kh: 3, kw: 3, oh: hw, ow: hw, stride: [1, 1], pad: [1; 4], dil: [1, 1] };
+        let x: Vec<f32> = (0..c * hw * hw).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..co * c * 9).map(|i| (i as f32 * 0.53).cos()).collect();
+        let p = hw * hw;
+        let mut col = vec![0f32; c * 9 * p];
+        let mut out = vec![0f32; co * p];
+        let med = |f: &mut dyn FnMut()| {
+            f();
+            let mut v: Vec<f64> = (0..9).map(|_| { let t = std::time::Instant::now(); f(); t.elapsed().as_secs_f64() * 1e3 }).collect();
+            v.sort_by(f64::total_cmp);
+            v[4]
+        };
+        let t1 = med(&mut || im2col(&x, &g, 0, c, &mut col));
+        let t2 = med(&mut || matmul(co, p, c * 9, &mut out, false, &w, &col));
+        let t3 = med(&mut || matmul(p, co, c * 9, &mut out, false, &col, &w));
+        let t4 = med(&mut || unsafe { gemm::gemm(co, p, c * 9, out.as_mut_ptr(), 1, p as isize, false, w.as_ptr(), 1, (c * 9) as isize, col.as_ptr(), 1, p as isize, 1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None) });
+        let a = Tensor::from_vec(w.clone(), (co, c * 9), &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(col.clone(), (c * 9, p), &Device::Cpu).unwrap();
+        let t5 = med(&mut || { let _ = a.matmul(&b).unwrap(); });
+        println!("single-thread gemm {t4:.2} ms, candle matmul {t5:.2} ms");
+        println!("im2col {t1:.2} ms, gemm {t2:.2} ms ({:.0} GFLOP/s), transposed-shape gemm {t3:.2}", 2.0 * (co * p * c * 9) as f64 / t2 / 1e6);
     }
 }
