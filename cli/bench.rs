@@ -68,9 +68,11 @@ fn run(g: tlc_compiler::ir::Graph, a: &BenchArgs) -> anyhow::Result<()> {
     let model = Model::with_fixture_weights(g, &dev)?;
     let x = Tensor::zeros((a.batch, input[0], input[1], input[2]), DType::F32, &dev)?;
     let forward: Box<dyn Fn() -> anyhow::Result<Tensor>> = if a.plain {
-        Box::new(|| model.forward(&x))
+        Box::new(move || model.forward(&x))
     } else {
+        // The plain model's unfolded tensors are dropped: only the optimized view stays.
         let opt = model.optimized()?;
+        drop(model);
         Box::new(move || opt.forward(&x))
     };
     for _ in 0..2 {
