@@ -68,6 +68,7 @@ fn run(graph: tlc_compiler::ir::Graph, a: &EvalArgs) -> Result<()> {
         bail!("no usable images in {}", dir.display());
     }
     let input = &model.graph.meta.input;
+    let fast = model.optimized().ok();
     let mut scores: Vec<Vec<f32>> = Vec::new();
     for chunk in ok.chunks(a.batch.max(1)) {
         let mut data = Vec::new();
@@ -75,7 +76,11 @@ fn run(graph: tlc_compiler::ir::Graph, a: &EvalArgs) -> Result<()> {
             data.extend_from_slice(d);
         }
         let x = Tensor::from_vec(data, (chunk.len(), input[0], input[1], input[2]), &dev)?;
-        let y = candle_nn_softmax(&model.forward(&x)?.flatten_from(1)?)?;
+        let logits = match fast.as_ref().map(|m| m.forward(&x)) {
+            Some(Ok(y)) => y,
+            _ => model.forward(&x)?,
+        };
+        let y = candle_nn_softmax(&logits.flatten_from(1)?)?;
         scores.extend(y.to_vec2::<f32>()?);
     }
     if scores[0].len() < classes.len() {

@@ -145,6 +145,10 @@ fn run(graph: Graph, a: &TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let model_path = absolute(&a.out).join("model.yaml");
     let new_graph = compile_text(&model_path.display().to_string(), &yaml)?;
+    let out_shape = new_graph.node(new_graph.output).shape.clone().unwrap_or_default();
+    if out_shape != [split.classes.len()] {
+        bail!("the new head outputs {:?} per image; it must output [{}] (end it with linear(classes), after pooling/flatten)", out_shape, split.classes.len());
+    }
     eprintln!("head `{scope}`: {chain}  (feature: `{}` {:?})", graph.node(feature).name, graph.node(feature).shape.clone().unwrap_or_default());
     let wpath = match (&a.weights, &graph.meta.weights) {
         (Some(p), _) => p.clone(),

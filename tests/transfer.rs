@@ -183,8 +183,10 @@ fn corrupt_files_are_skipped_and_full_training_learns() {
     no_tmp_files(&run);
     // Frozen base: the base tensors of best.safetensors are the pretrained ones.
     let run2 = dir.join("run2");
-    ok(&tlc(&["train", spec.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", run2.to_str().unwrap(), "--epochs", "3", "--optimizer", "rmsprop"]));
+    ok(&tlc(&["train", spec.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", run2.to_str().unwrap(), "--epochs", "3", "--optimizer", "rmsprop", "--head", "avgpool -> dropout(0.2) -> linear(16) -> relu -> linear(classes)"]));
     let w2 = Weights::load(&run2.join("best.safetensors")).unwrap();
+    assert_eq!(w2.get("head.1.weight").unwrap().dims(), &[16, 8]);
+    assert_eq!(w2.get("head.3.weight").unwrap().dims(), &[2, 16]);
     for name in ["conv1.weight", "bn1.weight", "bn1.running_mean", "bn1.running_var"] {
         let d = (w0.get(name).unwrap() - w2.get(name).unwrap()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(d, 0.0, "{name} changed with a frozen base");

@@ -39,14 +39,19 @@ pub fn default_head(feature_rank: usize) -> String {
     }
 }
 
-/// Normalises a head chain: `classes` becomes the class count, a bare `avgpool` means global
-/// average pooling, and pooling/flatten steps are dropped when the feature is already a vector.
+/// Normalises a head chain: `classes` becomes the class count, a bare `avgpool` (`maxpool`)
+/// means global average (max) pooling and flatten, as Keras `GlobalAveragePooling2D`, and pooling/flatten steps are dropped when the feature is already a vector.
 pub fn normalise_head(chain: &str, classes: usize, feature_rank: usize) -> String {
     let steps: Vec<String> = chain
         .split("->")
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .map(|s| if s == "avgpool" { "global_avgpool".to_string() } else if s == "maxpool" { "global_maxpool".to_string() } else { s })
+        .flat_map(|s| match s.as_str() {
+            // Keras GlobalAveragePooling2D / GlobalMaxPooling2D: pooled and flattened.
+            "avgpool" => vec!["global_avgpool".to_string(), "flatten".to_string()],
+            "maxpool" => vec!["global_maxpool".to_string(), "flatten".to_string()],
+            _ => vec![s],
+        })
         .filter(|s| {
             if feature_rank >= 3 {
                 return true;
@@ -237,7 +242,7 @@ mod tests {
 
     #[test]
     fn head_chain_normalisation() {
-        assert_eq!(normalise_head("avgpool -> dropout(0.2) -> linear(256) -> relu -> linear(classes)", 2, 3), "global_avgpool -> dropout(0.2) -> linear(256) -> relu -> linear(2)");
+        assert_eq!(normalise_head("avgpool -> dropout(0.2) -> linear(256) -> relu -> linear(classes)", 2, 3), "global_avgpool -> flatten -> dropout(0.2) -> linear(256) -> relu -> linear(2)");
         assert_eq!(normalise_head("avgpool -> flatten -> fc: linear(classes)", 5, 1), "fc: linear(5)");
     }
 

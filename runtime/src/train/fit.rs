@@ -139,12 +139,18 @@ fn to_batch(items: &[&Vec<f32>], input: &[usize], dev: &Device) -> Result<Tensor
     Ok(Tensor::from_vec(data, (items.len(), input[0], input[1], input[2]), dev)?)
 }
 
-/// Computes the `feature` node's output for every prepared image, in batches of `batch`.
+/// Computes the `feature` node's output for every prepared image, in batches of `batch`, on
+/// the optimized inference path (folded BatchNorm, fast kernels) when it holds that node, on
+/// the plain model otherwise.
 pub fn features(model: &Model, feature: NodeId, data: &[&Vec<f32>], batch: usize) -> Result<Tensor> {
+    let fast = model.optimized().ok();
     let mut parts = Vec::new();
     for chunk in data.chunks(batch.max(1)) {
         let x = to_batch(chunk, &model.graph.meta.input, &model.device)?;
-        let (_, f) = model.forward_with(&x, &[feature])?;
+        let f = match fast.as_ref().map(|m| m.forward_with(&x, &[feature])) {
+            Some(Ok((_, f))) => f,
+            _ => model.forward_with(&x, &[feature])?.1,
+        };
         parts.push(f.into_iter().next().unwrap());
     }
     Ok(Tensor::cat(&parts, 0)?)
