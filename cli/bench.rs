@@ -1,6 +1,6 @@
 //! `tlc bench`: forward latency of a spec on the CPU (fixture weights, zero input).
 
-use crate::compile::load;
+use crate::compile::with_graph;
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use std::time::Instant;
@@ -46,17 +46,7 @@ pub fn bench(a: BenchArgs) -> u8 {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", t.to_string());
     }
-    let g = match load(&a.spec, a.variant.as_deref()) {
-        Ok(g) => g,
-        Err(f) => return f.code(),
-    };
-    match run(g, &a) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            1
-        }
-    }
+    with_graph(&a.spec, a.variant.as_deref(), |g| run(g, &a))
 }
 
 fn run(g: tlc_compiler::ir::Graph, a: &BenchArgs) -> anyhow::Result<()> {

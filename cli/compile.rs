@@ -51,3 +51,19 @@ pub fn load(path: &str, variant: Option<&str>) -> Result<Graph, Failure> {
         }
     }
 }
+
+/// Compiles `spec` and runs `job` on the graph: exit 0 on success, the compile failure's code,
+/// or 2 with the error chain on stderr when the job fails (bad weights, images, I/O).
+pub fn with_graph(spec: &str, variant: Option<&str>, job: impl FnOnce(Graph) -> anyhow::Result<()>) -> u8 {
+    let graph = match load(spec, variant) {
+        Ok(g) => g,
+        Err(f) => return f.code(),
+    };
+    match job(graph) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! `tlc eval`: accuracy, per-class and macro precision/recall/F1, ROC AUC and the confusion
 //! matrix of a classifier on a folder of class subfolders.
 
-use crate::compile::load;
+use crate::compile::with_graph;
 use crate::run::{build_model, device};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -38,17 +38,7 @@ pub struct EvalArgs {
 
 /// `tlc eval`.
 pub fn eval(a: EvalArgs) -> u8 {
-    let graph = match load(&a.spec, a.variant.as_deref()) {
-        Ok(g) => g,
-        Err(f) => return f.code(),
-    };
-    match run(graph, &a) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            2
-        }
-    }
+    with_graph(&a.spec, a.variant.as_deref(), |g| run(g, &a))
 }
 
 fn run(graph: tlc_compiler::ir::Graph, a: &EvalArgs) -> Result<()> {

@@ -1,7 +1,7 @@
 //! `tlc features`: intermediate features of a folder of images, saved as safetensors with the
 //! file names in its metadata (`files`, a JSON list in row order).
 
-use crate::compile::load;
+use crate::compile::with_graph;
 use crate::run::{build_model, device};
 use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor};
@@ -54,17 +54,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 /// `tlc features`.
 pub fn features(a: FeaturesArgs) -> u8 {
-    let graph = match load(&a.spec, a.variant.as_deref()) {
-        Ok(g) => g,
-        Err(f) => return f.code(),
-    };
-    match run(graph, &a) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            2
-        }
-    }
+    with_graph(&a.spec, a.variant.as_deref(), |g| run(g, &a))
 }
 
 fn run(graph: tlc_compiler::ir::Graph, a: &FeaturesArgs) -> Result<()> {

@@ -1,7 +1,7 @@
 //! `tlc run`: classify images or detect objects in them (or run a raw `.npy` input) with a
 //! spec and weights; save outputs, intermediate features and annotated images.
 
-use crate::compile::load;
+use crate::compile::with_graph;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
@@ -127,17 +127,7 @@ fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// `tlc run`.
 pub fn run(a: RunArgs) -> u8 {
-    let graph = match load(&a.spec, a.variant.as_deref()) {
-        Ok(g) => g,
-        Err(f) => return f.code(),
-    };
-    match run_graph(graph, &a) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            2
-        }
-    }
+    with_graph(&a.spec, a.variant.as_deref(), |g| run_graph(g, &a))
 }
 
 fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {

@@ -1,7 +1,7 @@
 //! `tlc train`: transfer learning from the command line (the loop is in
 //! `tlc_runtime::train::fit`).
 
-use crate::compile::{load, DiskLoader};
+use crate::compile::{with_graph, DiskLoader};
 use crate::run::device;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -110,17 +110,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// `tlc train`.
 pub fn train_cmd(a: TrainArgs) -> u8 {
-    let graph = match load(&a.spec, a.variant.as_deref()) {
-        Ok(g) => g,
-        Err(f) => return f.code(),
-    };
-    match run(graph, &a) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            2
-        }
-    }
+    with_graph(&a.spec, a.variant.as_deref(), |g| run(g, &a))
 }
 
 fn run(graph: Graph, a: &TrainArgs) -> Result<()> {

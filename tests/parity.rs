@@ -1,5 +1,5 @@
 //! Numerical parity with the references: every fixture of `../shared/parity` is rebuilt from
-//! its spec with the formula weights, run on `input.npy`, and must satisfy
+//! its spec with the formula weights, run on `input.npy` (plain and optimized), and must satisfy
 //! `max |out - expected| <= 1e-3 * std(expected)`. On failure the per-module statistics of the
 //! manifest locate the first diverging module.
 
@@ -49,7 +49,18 @@ fn first_divergence(model: &Model, input: &Tensor, manifest: &serde_json::Value)
     }
 }
 
-/// Runs one fixture; returns the max error relative to std(expected).
+/// `max |out - expected|` and `std(expected)`.
+fn error_ratio(out: &Tensor, expected: &Tensor) -> (f64, f64) {
+    let e: Vec<f32> = expected.flatten_all().unwrap().to_vec1().unwrap();
+    let o: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+    let mean = e.iter().map(|&v| v as f64).sum::<f64>() / e.len() as f64;
+    let std = (e.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / e.len() as f64).sqrt();
+    let max = o.iter().zip(&e).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max);
+    (max, std)
+}
+
+/// Runs one fixture through the plain model and through the optimized inference view
+/// (BatchNorm folded, activations fused, fast kernels); both must meet the tolerance.
 fn parity(fixture: &str, spec: &str, variant: Option<&str>, expected_file: &str) {
     let Some(shared) = shared() else {
         eprintln!("skipped: ../shared is not beside the repository");
@@ -57,22 +68,21 @@ fn parity(fixture: &str, spec: &str, variant: Option<&str>, expected_file: &str)
     };
     let dir = shared.join("parity").join(fixture);
     let graph = compile_spec(spec, variant);
-    let device = Device::Cpu;
-    let model = Model::with_fixture_weights(graph, &device).unwrap();
+    let model = Model::with_fixture_weights(graph, &Device::Cpu).unwrap();
     let input = Tensor::read_npy(dir.join("input.npy")).unwrap();
     let expected = Tensor::read_npy(dir.join(expected_file)).unwrap();
     let out = model.forward(&input).unwrap();
     assert_eq!(out.dims(), expected.dims(), "{fixture}: output shape");
-    let e: Vec<f32> = expected.flatten_all().unwrap().to_vec1().unwrap();
-    let o: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
-    let mean = e.iter().map(|&v| v as f64).sum::<f64>() / e.len() as f64;
-    let std = (e.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / e.len() as f64).sqrt();
-    let max = o.iter().zip(&e).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max);
+    let (max, std) = error_ratio(&out, &expected);
     eprintln!("{fixture}: max |out - expected| = {max:.3e}, std = {std:.3e}, ratio = {:.3e}", max / std);
     if max > 1e-3 * std {
         let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
         panic!("{fixture}: max error {max:.4e} exceeds 1e-3 * std ({:.4e}); {}", 1e-3 * std, first_divergence(&model, &input, &manifest));
     }
+    let optimized = model.optimized().unwrap().forward(&input).unwrap();
+    let (max, std) = error_ratio(&optimized, &expected);
+    eprintln!("{fixture} (optimized): max |out - expected| = {max:.3e}, ratio = {:.3e}", max / std);
+    assert!(max <= 1e-3 * std, "{fixture} (optimized): max error {max:.4e} exceeds 1e-3 * std ({:.4e})", 1e-3 * std);
 }
 
 fn exists(spec: &str) -> bool {
