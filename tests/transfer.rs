@@ -206,30 +206,165 @@ fn corrupt_files_are_skipped_and_full_training_learns() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn args<'a>(spec: &'a Path, weights: &'a Path, data: &'a Path, run: &'a Path, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["train", spec.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap()];
+    v.extend_from_slice(rest);
+    v
+}
+
+/// metrics.csv without the seconds column.
+fn metrics(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.csv")).unwrap().lines().map(|l| l.rsplit_once(',').unwrap().0.to_string()).collect()
+}
+
+fn summary(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+}
+
+fn max_diff(a: &Weights, b: &Weights, name: &str) -> f32 {
+    (a.get(name).unwrap() - b.get(name).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// Both files hold exactly the same tensors.
+fn same_tensors(a: &Path, b: &Path) {
+    let (wa, wb) = (Weights::load(a).unwrap(), Weights::load(b).unwrap());
+    assert_eq!(wa.names().collect::<Vec<_>>(), wb.names().collect::<Vec<_>>());
+    for n in wa.names() {
+        assert_eq!(max_diff(&wa, &wb, n), 0.0, "{n} differs between {} and {}", a.display(), b.display());
+    }
+}
+
 #[test]
-fn an_interrupted_run_leaves_loadable_checkpoints() {
+fn an_interrupted_run_leaves_loadable_checkpoints_and_resumes_exactly() {
     let dir = tmp("interrupt");
     let (spec, weights, data) = tiny_setup(&dir);
     let run = dir.join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tlc"))
-        .current_dir(root())
-        .args(["train", spec.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--freeze", "none", "--epochs", "100000", "--batch", "4"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let rest = ["--freeze", "none", "--epochs", "40", "--batch", "4", "--reduce-lr-on-plateau"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlc")).current_dir(root()).args(args(&spec, &weights, &data, &run, &rest)).stderr(std::process::Stdio::null()).stdout(std::process::Stdio::null()).spawn().unwrap();
     let t = std::time::Instant::now();
-    while !(run.join("last.safetensors").is_file() && run.join("best.safetensors").is_file()) && t.elapsed().as_secs() < 60 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let epochs_done = || std::fs::read_to_string(run.join("metrics.csv")).map(|s| s.lines().count().saturating_sub(1)).unwrap_or(0);
+    while epochs_done() < 2 && t.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    std::thread::sleep(std::time::Duration::from_millis(150));
     child.kill().unwrap();
     child.wait().unwrap();
+    let at_kill = epochs_done();
     // Whatever moment the kill hit, the checkpoints under their final names are complete.
-    for f in ["best.safetensors", "last.safetensors"] {
-        let w = Weights::load(&run.join(f)).unwrap_or_else(|e| panic!("{f}: {e:#}"));
-        assert_eq!(w.get("head.1.weight").unwrap().dims(), &[2, 8]);
+    for f in ["best.safetensors", "last.safetensors", "resume.safetensors"] {
+        Weights::load(&run.join(f)).unwrap_or_else(|e| panic!("{f}: {e:#}"));
     }
+    assert_eq!(Weights::load(&run.join("last.safetensors")).unwrap().get("head.1.weight").unwrap().dims(), &[2, 8]);
+    no_tmp_files(&run);
     let c = tlc_compiler::compile(run.join("model.yaml").to_str().unwrap(), &Disk, &tlc_compiler::Options::default());
     assert!(c.graph.is_some(), "model.yaml does not compile");
+    assert!(at_kill < 40, "the run finished before it could be interrupted");
+    // Resuming finishes the run exactly as an uninterrupted one.
+    let o = tlc(&["train", "--resume", run.to_str().unwrap()]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming"));
+    let full = dir.join("full");
+    ok(&tlc(&args(&spec, &weights, &data, &full, &rest)));
+    assert_eq!(metrics(&run), metrics(&full), "killed after {at_kill} epochs");
+    same_tensors(&run.join("best.safetensors"), &full.join("best.safetensors"));
+    same_tensors(&run.join("last.safetensors"), &full.join("last.safetensors"));
+    assert_eq!(summary(&run)["resumed"], true);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resume_across_phases_reproduces_the_uninterrupted_run() {
+    let dir = tmp("resume");
+    let (spec, weights, data) = tiny_setup(&dir);
+    // Frozen head (cached features), then fine-tuning the last 2 parameterised nodes with
+    // augmentation, a cosine schedule and reduce-on-plateau; dropout in the head.
+    let rest = ["--epochs", "3", "--batch", "8", "--lr", "0.05", "--fine-tune", "3", "--unfreeze", "last:2", "--fine-tune-lr", "0.01", "--schedule", "cosine", "--reduce-lr-on-plateau", "--seed", "3"];
+    let full = dir.join("full");
+    ok(&tlc(&args(&spec, &weights, &data, &full, &rest)));
+    let run = dir.join("run");
+    let mut first = args(&spec, &weights, &data, &run, &rest);
+    first.extend(["--stop-after", "2"]);
+    let o = tlc(&first);
+    assert!(ok(&o).contains("--resume"));
+    assert!(!run.join("summary.json").exists());
+    assert_eq!(metrics(&run).len(), 3);
+    // Interrupted again inside the fine-tuning phase (after epoch 4), then to the end.
+    ok(&tlc(&["train", "--resume", run.to_str().unwrap(), "--stop-after", "2"]));
+    assert_eq!(metrics(&run).len(), 5);
+    ok(&tlc(&["train", "--resume", run.to_str().unwrap()]));
+    assert_eq!(metrics(&run), metrics(&full));
+    for f in ["best.safetensors", "last.safetensors"] {
+        same_tensors(&run.join(f), &full.join(f));
+    }
+    let (a, b) = (summary(&run), summary(&full));
+    assert_eq!(a["best_val_accuracy"], b["best_val_accuracy"]);
+    assert_eq!(a["best_epoch"], b["best_epoch"]);
+    assert_eq!(a["confusion"], b["confusion"]);
+    // A finished run is not resumed.
+    let o = tlc(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("complete"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fine_tuning_unfreezes_the_last_nodes_with_its_schedule_and_draws_plots() {
+    let dir = tmp("finetune");
+    let (spec, weights, data) = tiny_setup(&dir);
+    let run = dir.join("run");
+    let o = tlc(&args(&spec, &weights, &data, &run, &["--epochs", "2", "--batch", "8", "--fine-tune", "3", "--unfreeze", "last:1", "--fine-tune-lr", "0.004", "--schedule", "step:1:0.5", "--no-augment"]));
+    let text = ok(&o);
+    assert!(text.contains("fine-tune 3 epochs"), "{text}");
+    let m = metrics(&run);
+    assert_eq!(m.len(), 6);
+    let phases: Vec<&str> = m[1..].iter().map(|l| l.split(',').nth(1).unwrap()).collect();
+    assert_eq!(phases, ["frozen", "frozen", "fine-tune", "fine-tune", "fine-tune"]);
+    let lrs: Vec<f64> = m[1..].iter().map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(lrs, [1e-3, 5e-4, 0.004, 0.002, 0.001]);
+    let s = summary(&run);
+    assert_eq!(s["phases"][1]["first_trainable"], "bn1");
+    assert_eq!(s["phases"][1]["trainable_parameters"], 16 + 18);
+    // last:1 is bn1: it trained (in train mode: its statistics moved); conv1 stayed frozen.
+    let (w0, w1) = (Weights::load(&weights).unwrap(), Weights::load(&run.join("last.safetensors")).unwrap());
+    assert_eq!(max_diff(&w0, &w1, "conv1.weight"), 0.0);
+    assert!(max_diff(&w0, &w1, "bn1.weight") > 0.0 && max_diff(&w0, &w1, "bn1.running_mean") > 0.0);
+    // Plots: written and decodable.
+    for f in ["curves.png", "confusion.png"] {
+        let img = tlc_runtime::preprocess::load_image(&run.join(f)).unwrap_or_else(|e| panic!("{f}: {e:#}"));
+        assert!(img.width() >= 200 && img.height() >= 100, "{f}");
+    }
+    assert_eq!(s["confusion"].as_array().unwrap().len(), 2);
+    // --freeze until:conv1 trains bn1 and the head from the start; conv1 stays.
+    let run2 = dir.join("until");
+    ok(&tlc(&args(&spec, &weights, &data, &run2, &["--freeze", "until:conv1", "--epochs", "2", "--batch", "8"])));
+    let w2 = Weights::load(&run2.join("last.safetensors")).unwrap();
+    assert_eq!(max_diff(&w0, &w2, "conv1.weight"), 0.0);
+    assert!(max_diff(&w0, &w2, "bn1.bias") > 0.0);
+    // Bad node names and flag combinations are clear errors.
+    for (rest, msg) in [
+        (vec!["--freeze", "until:nope"], "names no node"),
+        (vec!["--fine-tune", "2"], "--unfreeze"),
+        (vec!["--fine-tune", "2", "--unfreeze", "from:nope"], "names no node"),
+        (vec!["--schedule", "linear"], "step:EPOCHS:GAMMA"),
+    ] {
+        let o = tlc(&args(&spec, &weights, &data, &dir.join("bad"), &rest));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(msg), "{rest:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn early_stopping_restores_the_best_weights() {
+    let dir = tmp("early");
+    let (spec, weights, data) = tiny_setup(&dir);
+    let run = dir.join("run");
+    // A learning rate far too high for SGD on the head: val_loss soon stops going down.
+    ok(&tlc(&args(&spec, &weights, &data, &run, &["--epochs", "60", "--batch", "4", "--optimizer", "sgd", "--lr", "3", "--early-stopping", "2"])));
+    let s = summary(&run);
+    assert_eq!(s["phases"][0]["early_stopped"], true, "{s}");
+    let run_epochs = s["epochs"].as_array().unwrap().len();
+    let best = s["best_epoch"].as_u64().unwrap() as usize;
+    assert!(run_epochs < 60 && best < run_epochs, "{s}");
+    // The final weights are the restored best ones.
+    same_tensors(&run.join("last.safetensors"), &run.join("best.safetensors"));
     let _ = std::fs::remove_dir_all(&dir);
 }

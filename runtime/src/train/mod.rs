@@ -8,4 +8,5 @@ pub mod fit;
 pub mod forward;
 pub mod metrics;
 pub mod optim;
+pub mod plot;
 pub mod rng;

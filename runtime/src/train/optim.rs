@@ -61,6 +61,22 @@ impl Optimizer {
         &self.vars
     }
 
+    /// Steps taken so far and the per-variable state (first and second moment buffers;
+    /// SGD keeps its momentum buffer first), to save a run.
+    pub fn export(&self) -> (i32, Vec<(Option<Tensor>, Option<Tensor>)>) {
+        (self.t, self.state.clone())
+    }
+
+    /// Restores what [`Optimizer::export`] gave (same variables, same order).
+    pub fn import(&mut self, t: i32, state: Vec<(Option<Tensor>, Option<Tensor>)>) -> Result<()> {
+        if state.len() != self.vars.len() {
+            bail!("optimizer state for {} variables, the run has {}", state.len(), self.vars.len());
+        }
+        self.t = t;
+        self.state = state;
+        Ok(())
+    }
+
     /// One update from `grads` (variables without a gradient are left alone).
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.t += 1;

@@ -37,6 +37,14 @@ impl Rng {
             v.swap(i, j);
         }
     }
+    /// The internal state (to save a run and resume it exactly).
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+    /// A generator continuing from a saved [`Rng::state`].
+    pub fn from_state(state: u64) -> Rng {
+        Rng(state)
+    }
     /// An independent generator derived from this one.
     pub fn fork(&mut self) -> Rng {
         Rng(self.next_u64())
