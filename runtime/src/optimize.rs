@@ -196,6 +196,19 @@ impl OptimizedModel {
                 let zeros = vec![0f32; s.len()];
                 fast::channel_affine(&ins[0], &s, &zeros, None)?
             }
+            Op::MaxPool { kernel, stride, padding, dilation, ceil } if act.is_none() && ins[0].rank() == 4 => {
+                let (_, _, h, w) = ins[0].dims4()?;
+                let pad = resolve_padding(*padding, [h, w], *kernel, *stride, *dilation);
+                fast::pool2d(&ins[0], *kernel, *stride, pad, *dilation, *ceil, None)?
+            }
+            Op::AvgPool { kernel, stride, padding, ceil, count_include_pad } if act.is_none() && ins[0].rank() == 4 => {
+                let (_, _, h, w) = ins[0].dims4()?;
+                let pad = resolve_padding(*padding, [h, w], *kernel, *stride, [1, 1]);
+                fast::pool2d(&ins[0], *kernel, *stride, pad, [1, 1], *ceil, Some(*count_include_pad))?
+            }
+            Op::GlobalPool { max } if act.is_none() && ins[0].rank() == 4 => fast::global_pool(&ins[0], *max)?,
+            Op::AdaptiveAvgPool { size } if act.is_none() && ins[0].rank() == 4 && ins[0].dims()[2..] == size[..] => Some(ins[0].clone()),
+            Op::AdaptiveAvgPool { size } if act.is_none() && ins[0].rank() == 4 && *size == [1, 1] => fast::global_pool(&ins[0], false)?,
             Op::Add if ins.len() == 2 => fast::add_act(&ins[0], &ins[1], act)?,
             Op::Linear { bias, .. } => fast::linear(&ins[0], p.param("weight")?, if *bias { Some(p.param("bias")?) } else { None }, act)?,
             Op::LayerNorm { eps, axis } if act.is_none() => fast::layer_norm(&ins[0], p.param("weight")?, p.param("bias")?, *eps, *axis == NormAxis::Channels)?,
@@ -246,6 +259,9 @@ fn self_attention(x: &Tensor, heads: usize, p: &dyn ParamSource) -> Result<Tenso
     let (n, l, d) = x.dims3()?;
     let hd = d / heads;
     let qkv = lin(x, "in_proj_weight", "in_proj_bias")?;
+    if let Some(o) = fast::attention_qkv(&qkv, heads)? {
+        return lin(&o, "out_proj.weight", "out_proj.bias");
+    }
     let split = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i * d, d)?.reshape((n, l, heads, hd))?.transpose(1, 2)?.contiguous()?) };
     let (q, kk, v) = (split(0)?, split(1)?, split(2)?);
     let o = k::attention(&q, &kk, &v, None)?;

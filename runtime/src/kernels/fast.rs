@@ -274,53 +274,21 @@ fn gemm_conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, co: usize, gr
     out
 }
 
-/// Direct depthwise convolution: one output plane per (image, channel), accumulated row by
-/// row over the taps so the row stays in L1.
+/// Direct depthwise convolution ([`super::depthwise`]): one output plane per (image, channel)
+/// in parallel, every output accumulated over its taps in registers, activation fused.
 fn depthwise(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, g: &Geo, act: Option<Activation>) -> Vec<f32> {
     let (oh, ow) = (g.oh, g.ow);
     let taps = g.kh * g.kw;
+    let plane = super::depthwise::Plane { h: g.h, w: g.w, kh: g.kh, kw: g.kw, oh, ow, stride: g.stride, pad: g.pad, dil: g.dil };
     let mut out = vec![0f32; n * g.c * oh * ow];
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane_idx, o)| {
         let c = plane_idx % g.c;
         let xi = &x[plane_idx * g.h * g.w..(plane_idx + 1) * g.h * g.w];
         let wc = &w[c * taps..(c + 1) * taps];
-        let b0 = bias.map_or(0.0, |b| b[c]);
-        simd(|| {
-            o.fill(b0);
-            let xr: Vec<(usize, usize)> = (0..g.kw).map(|j| valid_range(ow, g.stride[1], j * g.dil[1], g.pad[2], g.w)).collect();
-            for oy in 0..oh {
-                let orow = &mut o[oy * ow..(oy + 1) * ow];
-                for i in 0..g.kh {
-                    let iy = (oy * g.stride[0] + i * g.dil[0]) as isize - g.pad[0] as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    let src = &xi[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for j in 0..g.kw {
-                        let (lo, hi) = xr[j];
-                        if hi <= lo {
-                            continue;
-                        }
-                        let wt = wc[i * g.kw + j];
-                        let x0 = lo * g.stride[1] + j * g.dil[1] - g.pad[2];
-                        let dst = &mut orow[lo..hi];
-                        if g.stride[1] == 1 {
-                            for (d, s) in dst.iter_mut().zip(&src[x0..x0 + (hi - lo)]) {
-                                *d += wt * s;
-                            }
-                        } else {
-                            let s = g.stride[1];
-                            for (k, d) in dst.iter_mut().enumerate() {
-                                *d += wt * src[x0 + k * s];
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some(a) = act {
-                act_slice_impl(a, o);
-            }
-        })
+        super::depthwise::plane(xi, wc, bias.map_or(0.0, |b| b[c]), &plane, o);
+        if act.is_some() {
+            apply_act(act, o);
+        }
     });
     out
 }
@@ -499,6 +467,175 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, channels: bool) 
     }
 }
 
+/// `exp` for f32, branch-free so loops over it vectorise: `2^n * p(r)` with `n = round(x /
+/// ln 2)`, `r = x - n ln 2` (ln 2 split in two), a degree-6 polynomial (Cephes `expf`);
+/// within 2 ulp of libm on the range where the result is normal, 0 below about -87.3.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Multi-head self-attention core on the packed projection `qkv` `[N, L, 3D]` (q, k, v
+/// side by side, `heads` heads of `D / heads` each, PyTorch `nn.MultiheadAttention` layout):
+/// `softmax(q k^T / sqrt(hd)) v` per (image, head), read in place with strides (no
+/// transposes), written as `[N, L, D]` ready for the output projection. One task per
+/// (image, head).
+pub fn attention_qkv(qkv: &Tensor, heads: usize) -> Result<Option<Tensor>> {
+    let (n, l, d3) = qkv.dims3()?;
+    if heads == 0 || d3 % (3 * heads) != 0 || l == 0 {
+        return Ok(None);
+    }
+    let d = d3 / 3;
+    let hd = d / heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let out = with_f32(qkv, |v| {
+        let mut out = vec![0f32; n * l * d];
+        let optr = out.as_mut_ptr() as usize;
+        (0..n * heads).into_par_iter().for_each(|t| {
+            let (b, h) = (t / heads, t % heads);
+            let base = b * l * d3 + h * hd;
+            let (q, k, vv) = (&v[base..], &v[base + d..], &v[base + 2 * d..]);
+            let mut sc = vec![0f32; l * l];
+            // SAFETY: every index read is < l * d3 from `base` (rows of length 3d, columns
+            // within the head); each task writes its own head's columns of `out`.
+            unsafe {
+                gemm::gemm(l, l, hd, sc.as_mut_ptr(), 1, l as isize, false, q.as_ptr(), 1, d3 as isize, k.as_ptr(), d3 as isize, 1, 0.0f32, scale, false, false, false, gemm::Parallelism::None);
+            }
+            simd(|| {
+                for row in sc.chunks_mut(l) {
+                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    row.iter_mut().for_each(|x| *x = exp_f32(*x - m));
+                    let inv = 1.0 / row.iter().sum::<f32>();
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+            });
+            unsafe {
+                let dst = (optr as *mut f32).add(b * l * d + h * hd);
+                gemm::gemm(l, hd, l, dst, 1, d as isize, false, sc.as_ptr(), 1, l as isize, vv.as_ptr(), 1, d3 as isize, 0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None);
+            }
+        });
+        out
+    });
+    match out {
+        Some(v) => Ok(Some(Tensor::from_vec(v, (n, l, d), &Device::Cpu)?)),
+        None => Ok(None),
+    }
+}
+
+/// Max pooling (`count_include_pad == None`) or average pooling (`Some(count_include_pad)`)
+/// on NCHW `x`, PyTorch semantics: padding `[top, bottom, left, right]` (never read: -inf for
+/// max, and for average counted in the divisor only with `count_include_pad`, never the
+/// ceil-mode overhang past it), `ceil` output sizes, dilation (max only). Reads the input
+/// slices directly, one plane per task. `Ok(None)` when it does not apply.
+pub fn pool2d(x: &Tensor, k: [usize; 2], s: [usize; 2], pad: [usize; 4], dil: [usize; 2], ceil: bool, avg: Option<bool>) -> Result<Option<Tensor>> {
+    let (n, c, h, w) = x.dims4()?;
+    if avg.is_some() && dil != [1, 1] {
+        return Ok(None);
+    }
+    let oh = super::output_size(h, k[0], s[0], pad[0], pad[1], dil[0], ceil);
+    let ow = super::output_size(w, k[1], s[1], pad[2], pad[3], dil[1], ceil);
+    if oh == 0 || ow == 0 || h == 0 || w == 0 {
+        return Ok(None);
+    }
+    // Per output index along one axis: the valid taps `[lo, hi)`, the first input index
+    // (of tap 0, may be negative) and the PyTorch divisor along that axis.
+    let axis = |size: usize, k: usize, s: usize, before: usize, after: usize, d: usize, out: usize| -> Vec<(usize, usize, isize, usize)> {
+        (0..out)
+            .map(|o| {
+                let start = (o * s) as isize - before as isize;
+                let lo = (0..k).find(|&t| start + (t * d) as isize >= 0).unwrap_or(k);
+                let hi = (lo..k).take_while(|&t| start + ((t * d) as isize) < size as isize).last().map_or(lo, |t| t + 1);
+                let end = (start + k as isize).min((size + after) as isize);
+                let div = match avg {
+                    Some(true) => (end - start).max(0) as usize,
+                    _ => hi - lo,
+                };
+                (lo, hi, start, div)
+            })
+            .collect()
+    };
+    let ys = axis(h, k[0], s[0], pad[0], pad[1], dil[0], oh);
+    let xs = axis(w, k[1], s[1], pad[2], pad[3], dil[1], ow);
+    if avg.is_some() && (ys.iter().any(|r| r.3 == 0) || xs.iter().any(|r| r.3 == 0)) {
+        return Ok(None);
+    }
+    let out = with_f32(x, |v| {
+        let mut out = vec![0f32; n * c * oh * ow];
+        out.par_chunks_mut(oh * ow).zip(v.par_chunks(h * w)).for_each(|(o, p)| {
+            simd(|| {
+                for (oy, &(ilo, ihi, y0, dy)) in ys.iter().enumerate() {
+                    let orow = &mut o[oy * ow..(oy + 1) * ow];
+                    for (d, &(jlo, jhi, x0, dx)) in orow.iter_mut().zip(&xs) {
+                        if avg.is_some() {
+                            let mut acc = 0f32;
+                            for i in ilo..ihi {
+                                let row = &p[(y0 + i as isize) as usize * w..][..w];
+                                for j in jlo..jhi {
+                                    acc += row[(x0 + j as isize) as usize];
+                                }
+                            }
+                            *d = acc / (dy * dx) as f32;
+                        } else {
+                            let mut acc = f32::NEG_INFINITY;
+                            for i in ilo..ihi {
+                                let row = &p[(y0 + (i * dil[0]) as isize) as usize * w..][..w];
+                                for j in jlo..jhi {
+                                    let v = row[(x0 + (j * dil[1]) as isize) as usize];
+                                    // NaN propagates as in PyTorch.
+                                    if v > acc || v.is_nan() {
+                                        acc = v;
+                                    }
+                                }
+                            }
+                            *d = acc;
+                        }
+                    }
+                }
+            })
+        });
+        out
+    });
+    match out {
+        Some(v) => Ok(Some(Tensor::from_vec(v, (n, c, oh, ow), &Device::Cpu)?)),
+        None => Ok(None),
+    }
+}
+
+/// Global average or max pooling of NCHW `x` to `[N, C, 1, 1]`.
+pub fn global_pool(x: &Tensor, max: bool) -> Result<Option<Tensor>> {
+    let (n, c, h, w) = x.dims4()?;
+    if h * w == 0 {
+        return Ok(None);
+    }
+    let out = with_f32(x, |v| {
+        v.par_chunks(h * w)
+            .map(|p| {
+                simd(|| {
+                    if max {
+                        p.iter().copied().fold(f32::NEG_INFINITY, |m, v| if v > m || v.is_nan() { v } else { m })
+                    } else {
+                        p.iter().sum::<f32>() / (h * w) as f32
+                    }
+                })
+            })
+            .collect::<Vec<f32>>()
+    });
+    match out {
+        Some(v) => Ok(Some(Tensor::from_vec(v, (n, c, 1, 1), &Device::Cpu)?)),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,6 +699,51 @@ mod tests {
         let want = crate::kernels::layer_norm_channels(&x, &g, &bb, 1e-6).unwrap();
         let got = layer_norm(&x, &g, &bb, 1e-6, true).unwrap().unwrap();
         assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+    }
+
+    #[test]
+    fn pooling_matches_portable() {
+        // (x shape, kernel, stride, pad, dilation, ceil, count_include_pad)
+        let cases: &[([usize; 4], [usize; 2], [usize; 2], [usize; 4], [usize; 2], bool, bool)] = &[
+            ([1, 3, 12, 12], [3, 3], [2, 2], [1; 4], [1, 1], false, true),
+            ([2, 2, 11, 13], [3, 3], [2, 2], [0; 4], [1, 1], true, true),
+            ([1, 2, 9, 9], [3, 3], [1, 1], [1; 4], [1, 1], false, true),
+            ([1, 2, 9, 9], [3, 3], [1, 1], [1; 4], [1, 1], false, false),
+            ([1, 2, 8, 8], [2, 2], [2, 2], [0; 4], [1, 1], false, true),
+            ([1, 2, 10, 7], [3, 2], [2, 1], [1, 0, 0, 1], [1, 1], true, false),
+            ([1, 2, 10, 10], [3, 3], [1, 1], [2; 4], [2, 2], false, true),
+        ];
+        for (xs, k, s, p, d, ceil, cip) in cases {
+            let x = sin_input(xs);
+            let want = crate::kernels::max_pool2d(&x, *k, *s, *p, *d, *ceil).unwrap();
+            let got = pool2d(&x, *k, *s, *p, *d, *ceil, None).unwrap().unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_diff(&got, &want) < 1e-6, "max {xs:?} {k:?}");
+            if *d == [1, 1] {
+                let want = crate::kernels::avg_pool2d(&x, *k, *s, *p, *ceil, *cip).unwrap();
+                let got = pool2d(&x, *k, *s, *p, *d, *ceil, Some(*cip)).unwrap().unwrap();
+                assert_eq!(got.dims(), want.dims());
+                assert!(max_diff(&got, &want) < 1e-5, "avg {xs:?} {k:?} {cip}");
+            }
+        }
+        let x = sin_input(&[2, 3, 5, 7]);
+        let got = global_pool(&x, false).unwrap().unwrap();
+        assert!(max_diff(&got, &x.mean_keepdim(3).unwrap().mean_keepdim(2).unwrap()) < 1e-6);
+        let got = global_pool(&x, true).unwrap().unwrap();
+        assert!(max_diff(&got, &x.max_keepdim(3).unwrap().max_keepdim(2).unwrap()) < 1e-6);
+    }
+
+    #[test]
+    fn attention_matches_portable() {
+        let (n, l, heads, hd) = (2, 13, 3, 4);
+        let d = heads * hd;
+        let qkv = sin_input(&[n, l, 3 * d]);
+        let split = |i: usize| qkv.narrow(2, i * d, d).unwrap().reshape((n, l, heads, hd)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let want = crate::kernels::attention(&split(0), &split(1), &split(2), None).unwrap().transpose(1, 2).unwrap().reshape((n, l, d)).unwrap();
+        let got = attention_qkv(&qkv, heads).unwrap().unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        let worst = (-870..880).map(|i| i as f32 * 0.1).map(|x| ((exp_f32(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-6, "exp {worst}");
     }
 
     #[test]

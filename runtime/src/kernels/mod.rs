@@ -6,6 +6,7 @@
 
 mod act;
 mod conv;
+mod depthwise;
 mod norm;
 mod pool;
 pub mod fast;
