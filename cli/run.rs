@@ -152,12 +152,21 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
     let heads: Vec<_> = model.graph.nodes().filter(|(_, n)| matches!(n.op, tlc_compiler::ir::Op::YoloHead { .. })).map(|(i, _)| i).collect();
     let mut all_taps = taps.clone();
     all_taps.extend(heads.iter().copied());
+    // Run the optimized view (folded BatchNorm, fused activations, fast kernels) unless a
+    // requested value no longer exists there (e.g. `--features` on a conv whose BatchNorm
+    // was folded): then the plain model runs.
+    let opt = model.optimized()?;
+    let opt = all_taps.iter().all(|t| opt.plan.map.get(t.index()).copied().flatten().is_some()).then_some(opt);
+    let forward_with = |x: &Tensor, taps: &[tlc_compiler::ir::NodeId]| match &opt {
+        Some(o) => o.forward_with(x, taps),
+        None => model.forward_with(x, taps),
+    };
     let mut detections: Vec<(String, Vec<tlc_runtime::detect::Detection>)> = Vec::new();
     let mut outputs: Vec<(String, Tensor)> = Vec::new();
     let mut features: Vec<Vec<Tensor>> = vec![Vec::new(); taps.len()];
     if let Some(npy) = &a.input {
         let x = Tensor::read_npy(npy).map_err(|e| anyhow!("cannot read {}: {e}", npy.display()))?.to_dtype(candle_core::DType::F32)?.to_device(&dev)?;
-        let (y, f) = model.forward_with(&x, &taps)?;
+        let (y, f) = forward_with(&x, &taps)?;
         for (k, t) in f.into_iter().enumerate() {
             features[k].push(t);
         }
@@ -182,7 +191,7 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
                 prepared.push((f.clone(), p.scale, p.pad, p.original, keep));
             }
             let x = Tensor::cat(&xs, 0)?;
-            let (y, f) = model.forward_with(&x, &all_taps)?;
+            let (y, f) = forward_with(&x, &all_taps)?;
             let (f, head_outs) = f.split_at(taps.len());
             for (k, t) in f.iter().enumerate() {
                 features[k].push(t.clone());
