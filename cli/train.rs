@@ -80,7 +80,8 @@ pub struct TrainArgs {
     /// Learning-rate schedule of each phase: constant, step:EPOCHS:GAMMA or cosine.
     #[arg(long, default_value = "constant")]
     pub schedule: String,
-    /// Multiply the learning rate by 0.1 after 2 epochs without a lower val_loss (after the first 3).
+    /// Multiply the learning rate by 0.1 when val_loss has not improved for more than 2 epochs
+    /// (PyTorch ReduceLROnPlateau: patience 2, relative threshold 1e-4).
     #[arg(long)]
     pub reduce_lr_on_plateau: bool,
     /// Fraction of each class held out for validation when DIR has no val/ folder.

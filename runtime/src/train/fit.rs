@@ -161,8 +161,8 @@ pub struct Config {
     pub train_bn: bool,
     /// Learning-rate schedule of each phase.
     pub schedule: Schedule,
-    /// Multiply the learning rate by 0.1 after 2 epochs without a lower validation loss
-    /// (PyTorch `ReduceLROnPlateau` defaults: relative threshold 1e-4).
+    /// Multiply the learning rate by 0.1 when the validation loss has not improved for more
+    /// than 2 epochs (PyTorch `ReduceLROnPlateau`: patience 2, relative threshold 1e-4).
     pub reduce_on_plateau: bool,
     /// Stop (as if interrupted) after this many epochs of this invocation; `--resume` continues.
     pub stop_after: Option<usize>,

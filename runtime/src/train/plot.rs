@@ -207,7 +207,7 @@ pub fn confusion_png(confusion: &[Vec<usize>], classes: &[String], path: &Path) 
     let name_chars = 12usize;
     let short = |s: &str| -> String { s.chars().take(name_chars).collect() };
     let label_w = (name_chars as i64) * 6 + 16;
-    let (left, top) = (label_w + 20, 60 + label_w.min(90));
+    let (left, top) = (label_w + 20, 64);
     let w = left + cell * n as i64 + 20;
     let h = top + cell * n as i64 + 20;
     let mut img = RgbImage::from_pixel(w.max(260) as u32, h as u32, WHITE);
