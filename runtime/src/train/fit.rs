@@ -901,7 +901,7 @@ fn evaluate(
 
 /// Writes the resume point: the changed parameters (current and best), the optimizer state
 /// and the training state, in one atomic file.
-fn save_resume(path: &std::path::Path, st: &State, params: &HashMap<String, Tensor>, best: &HashMap<String, Tensor>, vars: &[String], opt: &[(Option<Tensor>, Option<Tensor>)]) -> Result<()> {
+fn save_resume(path: &std::path::Path, st: &State, params: &HashMap<String, Tensor>, best: &HashMap<String, Tensor>, vars: &[String], opt: &[super::optim::VarState]) -> Result<()> {
     let mut list: Vec<(String, Tensor)> = Vec::new();
     for name in &st.changed {
         list.push((format!("param/{name}"), params[name].detach()));

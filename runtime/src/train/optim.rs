@@ -32,6 +32,9 @@ impl Kind {
     }
 }
 
+/// Per-variable optimizer state: first and second buffers (SGD keeps its momentum first).
+pub type VarState = (Option<Tensor>, Option<Tensor>);
+
 /// An optimizer over a set of variables.
 pub struct Optimizer {
     kind: Kind,
@@ -40,7 +43,7 @@ pub struct Optimizer {
     /// Weight decay.
     pub weight_decay: f64,
     vars: Vec<Var>,
-    state: Vec<(Option<Tensor>, Option<Tensor>)>,
+    state: Vec<VarState>,
     t: i32,
 }
 
@@ -63,12 +66,12 @@ impl Optimizer {
 
     /// Steps taken so far and the per-variable state (first and second moment buffers;
     /// SGD keeps its momentum buffer first), to save a run.
-    pub fn export(&self) -> (i32, Vec<(Option<Tensor>, Option<Tensor>)>) {
+    pub fn export(&self) -> (i32, Vec<VarState>) {
         (self.t, self.state.clone())
     }
 
     /// Restores what [`Optimizer::export`] gave (same variables, same order).
-    pub fn import(&mut self, t: i32, state: Vec<(Option<Tensor>, Option<Tensor>)>) -> Result<()> {
+    pub fn import(&mut self, t: i32, state: Vec<VarState>) -> Result<()> {
         if state.len() != self.vars.len() {
             bail!("optimizer state for {} variables, the run has {}", state.len(), self.vars.len());
         }
