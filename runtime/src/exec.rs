@@ -2,7 +2,7 @@
 //! as dim 0; the IR's per-sample shapes follow after it.
 
 use crate::kernels as k;
-use candle_core::{bail, DType, Device, IndexOp, Result, Tensor, D};
+use candle_core::{Device, IndexOp, Result, Tensor};
 use tlc_compiler::ir::{Activation, NormAxis, Op};
 use tlc_compiler::ops::conv::resolve_padding;
 
@@ -10,8 +10,21 @@ use tlc_compiler::ops::conv::resolve_padding;
 pub trait ParamSource {
     /// The tensor `<node>.<suffix>` (or `<node>` for an empty suffix).
     fn param(&self, suffix: &str) -> Result<&Tensor>;
-    /// Whether the tensor exists.
-    fn has(&self, suffix: &str) -> bool;
+}
+
+/// The parameters of one node in a name-to-tensor map (`<node>.<suffix>`).
+pub struct NodeParams<'a> {
+    /// Node name.
+    pub node: &'a str,
+    /// All parameters by full name.
+    pub params: &'a std::collections::HashMap<String, Tensor>,
+}
+
+impl ParamSource for NodeParams<'_> {
+    fn param(&self, suffix: &str) -> Result<&Tensor> {
+        let name = if suffix.is_empty() { self.node.to_string() } else { format!("{}.{suffix}", self.node) };
+        self.params.get(&name).ok_or_else(|| candle_core::Error::Msg(format!("parameter `{name}` is not loaded")))
+    }
 }
 
 fn act(a: Activation, x: &Tensor) -> Result<Tensor> {
@@ -315,13 +328,4 @@ fn detect_v8(ins: &[Tensor], classes: usize, reg_max: usize, strides: &[usize], 
     let bh = (&y2 - &y1)?;
     let dbox = Tensor::cat(&[cx, cy, bw, bh], 1)?.broadcast_mul(&st)?;
     Tensor::cat(&[dbox, k::sigmoid(&cls)?], 1)
-}
-
-/// Checks that a tensor is f32 (the runtime computes in f32).
-pub fn ensure_f32(t: &Tensor) -> Result<()> {
-    if t.dtype() != DType::F32 {
-        bail!("expected f32, found {:?}", t.dtype())
-    }
-    let _ = D::Minus1;
-    Ok(())
 }

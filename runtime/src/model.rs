@@ -1,7 +1,7 @@
 //! A runnable model: the IR graph, its tensors, and a forward pass that frees every
 //! intermediate as soon as its last reader has run.
 
-use crate::exec::{self, ParamSource};
+use crate::exec::{self, NodeParams};
 use crate::formula;
 use crate::weights::Weights;
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,22 +18,6 @@ pub struct Model {
     /// Device the model runs on.
     pub device: Device,
     last_use: Vec<usize>,
-}
-
-struct NodeParams<'a> {
-    node: &'a str,
-    params: &'a HashMap<String, Tensor>,
-}
-
-impl ParamSource for NodeParams<'_> {
-    fn param(&self, suffix: &str) -> candle_core::Result<&Tensor> {
-        let name = if suffix.is_empty() { self.node.to_string() } else { format!("{}.{suffix}", self.node) };
-        self.params.get(&name).ok_or_else(|| candle_core::Error::Msg(format!("parameter `{name}` is not loaded")))
-    }
-    fn has(&self, suffix: &str) -> bool {
-        let name = if suffix.is_empty() { self.node.to_string() } else { format!("{}.{suffix}", self.node) };
-        self.params.contains_key(&name)
-    }
 }
 
 /// The expected `(name, shape)` list of a graph, for weight checks.

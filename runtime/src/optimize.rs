@@ -4,7 +4,7 @@
 //! kernels of [`crate::kernels::fast`] (with the portable candle path as fallback).
 //! The plain [`Model`] is untouched: parameter names and training keep using it.
 
-use crate::exec::{self, ParamSource};
+use crate::exec::{self, NodeParams, ParamSource};
 use crate::kernels::{self as k, fast};
 use crate::model::Model;
 use anyhow::{anyhow, bail, Context, Result};
@@ -26,22 +26,6 @@ pub struct OptimizedModel {
     pub plan: Optimized,
     /// Per unfolded BatchNorm node (new index): per-channel scale and shift.
     affine: HashMap<usize, (Vec<f32>, Vec<f32>)>,
-}
-
-struct NodeParams<'a> {
-    node: &'a str,
-    params: &'a HashMap<String, Tensor>,
-}
-
-impl ParamSource for NodeParams<'_> {
-    fn param(&self, suffix: &str) -> candle_core::Result<&Tensor> {
-        let name = if suffix.is_empty() { self.node.to_string() } else { format!("{}.{suffix}", self.node) };
-        self.params.get(&name).ok_or_else(|| candle_core::Error::Msg(format!("parameter `{name}` is not loaded")))
-    }
-    fn has(&self, suffix: &str) -> bool {
-        let name = if suffix.is_empty() { self.node.to_string() } else { format!("{}.{suffix}", self.node) };
-        self.params.contains_key(&name)
-    }
 }
 
 fn vec1(t: &Tensor) -> Result<Vec<f32>> {

@@ -4,27 +4,11 @@
 //! through candle's autograd wherever its ops have a backward pass.
 
 use super::rng::Rng;
-use crate::exec::{self, ParamSource};
+use crate::exec::{self, NodeParams, ParamSource};
 use anyhow::{anyhow, Context, Result};
 use candle_core::Tensor;
 use std::collections::{HashMap, HashSet};
 use tlc_compiler::ir::{Graph, NodeId, Op};
-
-struct NodeParams<'a> {
-    node: &'a str,
-    params: &'a HashMap<String, Tensor>,
-}
-
-impl ParamSource for NodeParams<'_> {
-    fn param(&self, suffix: &str) -> candle_core::Result<&Tensor> {
-        let name = if suffix.is_empty() { self.node.to_string() } else { format!("{}.{suffix}", self.node) };
-        self.params.get(&name).ok_or_else(|| candle_core::Error::Msg(format!("parameter `{name}` is not loaded")))
-    }
-    fn has(&self, suffix: &str) -> bool {
-        let name = if suffix.is_empty() { self.node.to_string() } else { format!("{}.{suffix}", self.node) };
-        self.params.contains_key(&name)
-    }
-}
 
 /// How to run the nodes.
 pub struct Mode<'a> {
