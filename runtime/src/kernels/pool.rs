@@ -78,21 +78,36 @@ pub fn max_pool2d(
     let need_h = (oh - 1) * s[0] + dilation[0] * (k[0] - 1) + 1;
     let need_w = (ow - 1) * s[1] + dilation[1] * (k[1] - 1) + 1;
     let xp = pad_to_windows(x, pad, f32::NEG_INFINITY, (need_h, need_w))?;
-    if dilation == [1, 1] {
+    // candle's max_pool2d backward scales by 1/(kh*kw) and fails when kernel != stride: a
+    // tensor that tracks gradients takes the maximum over the k*k strided tap views instead
+    // (`maximum`'s backward routes the gradient to the winning tap).
+    if dilation == [1, 1] && !x.track_op() {
         return xp.max_pool2d_with_stride((k[0], k[1]), (s[0], s[1]));
     }
+    reduce_taps(&xp, k, s, dilation, (oh, ow), |a, t| a.maximum(t))
+}
+
+/// Folds the `k[0] * k[1]` strided tap views (`oh` x `ow` each) of the padded `xp` with `f`.
+fn reduce_taps(
+    xp: &Tensor,
+    k: [usize; 2],
+    s: [usize; 2],
+    dilation: [usize; 2],
+    (oh, ow): (usize, usize),
+    f: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let mut acc: Option<Tensor> = None;
     for i in 0..k[0] {
-        let rows = take_strided(&xp, 2, i * dilation[0], s[0], oh)?;
+        let rows = take_strided(xp, 2, i * dilation[0], s[0], oh)?;
         for j in 0..k[1] {
             let tap = take_strided(&rows, 3, j * dilation[1], s[1], ow)?;
             acc = Some(match acc {
                 None => tap.contiguous()?,
-                Some(a) => a.maximum(&tap)?,
+                Some(a) => f(&a, &tap)?,
             });
         }
     }
-    acc.ok_or_else(|| candle_core::Error::Msg("max_pool2d: empty kernel".into()))
+    acc.ok_or_else(|| candle_core::Error::Msg("pool2d: empty kernel".into()))
 }
 
 /// PyTorch `F.avg_pool2d` with padding `[top, bottom, left, right]`, `ceil_mode` and
@@ -111,7 +126,14 @@ pub fn avg_pool2d(
     let need_h = (oh - 1) * s[0] + k[0];
     let need_w = (ow - 1) * s[1] + k[1];
     let xp = pad_to_windows(x, pad, 0.0, (need_h, need_w))?;
-    let y = xp.avg_pool2d_with_stride((k[0], k[1]), (s[0], s[1]))?;
+    // candle's avg_pool2d has a backward only when kernel == stride: a tensor that tracks
+    // gradients otherwise sums the k*k strided tap views (then divides like the fast path).
+    let tracked = x.track_op() && k != s;
+    let y = if tracked {
+        (reduce_taps(&xp, k, s, [1, 1], (oh, ow), |a, t| a + t)? / (k[0] * k[1]) as f64)?
+    } else {
+        xp.avg_pool2d_with_stride((k[0], k[1]), (s[0], s[1]))?
+    };
     // candle divides by kh*kw; rescale each window to PyTorch's divisor.
     let div_h = divisors(h, k[0], s[0], pad[0], pad[1], oh, count_include_pad);
     let div_w = divisors(w, k[1], s[1], pad[2], pad[3], ow, count_include_pad);
@@ -195,6 +217,16 @@ pub fn upsample_nearest(x: &Tensor, scale: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     if scale == 0 {
         bail!("upsample_nearest: scale must be positive")
+    }
+    if x.track_op() && scale > 1 {
+        // candle's upsample_nearest2d backward overwrites the input's accumulated gradient
+        // (wrong when the input also feeds another branch, as in an FPN): broadcast instead,
+        // whose backward is a sum.
+        let (n, c, _, _) = x.dims4()?;
+        return x
+            .reshape((n, c, h, 1, w, 1))?
+            .broadcast_as((n, c, h, scale, w, scale))?
+            .reshape((n, c, h * scale, w * scale));
     }
     x.upsample_nearest2d(h * scale, w * scale)
 }
