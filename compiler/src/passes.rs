@@ -13,6 +13,10 @@
 //!   read by nothing else is removed and recorded in [`Optimized::acts`] for that node;
 //! * **dead-node elimination**: nodes the output does not depend on are dropped (the input
 //!   node always stays);
+//! * **residual fusion**: an `Add` of two values, one of them a dense conv's (raw or after
+//!   its folded BatchNorm, no activation) read by nothing else, becomes that conv moved to the
+//!   `Add`'s place with the other operand as a second input ([`Optimized::residual`]); the
+//!   `Add`'s activation becomes the conv's;
 //! * **buffer plan**: [`Optimized::last_use`] gives, per node of the new graph, the index of
 //!   its last reader, so a runtime frees every intermediate right after it.
 
@@ -43,6 +47,8 @@ pub struct Stats {
     pub identities: usize,
     /// Nodes the output does not depend on.
     pub dead: usize,
+    /// Residual adds fused into the conv before them.
+    pub residual: usize,
 }
 
 /// An optimized view of a graph.
@@ -59,6 +65,10 @@ pub struct Optimized {
     pub map: Vec<Option<NodeId>>,
     /// Per node of the new graph, the index of its last reader (`usize::MAX` for the output).
     pub last_use: Vec<usize>,
+    /// Per node of the new graph: a conv whose second input is a residual added to its
+    /// output before its activation (a conv, possibly with a folded BatchNorm, read only by
+    /// an `Add`, moved to the `Add`'s place and taking the `Add`'s activation).
+    pub residual: Vec<bool>,
     /// What was done.
     pub stats: Stats,
 }
@@ -163,18 +173,60 @@ pub fn optimize(g: &Graph) -> Optimized {
         }
     }
     stats.dead = (0..n).filter(|&i| rep[i] == i && !live[i]).count();
+    // Residual fusion: `Add(a, b)` (two resolved inputs) where `a`'s value is a conv's (raw or
+    // after its folded BatchNorm, no activation) read only by this Add: the conv moves to the
+    // Add's place with `b` as a second input. add_conv[j] = (conv, other).
+    let mut add_conv: Vec<Option<(usize, usize)>> = vec![None; n];
+    let mut moved = vec![false; n];
+    for (j, node) in nodes.iter().enumerate() {
+        if rep[j] != j || !live[j] || !matches!(node.op, Op::Add) || node.inputs.len() != 2 {
+            continue;
+        }
+        let (a, b) = (node.inputs[0].index(), node.inputs[1].index());
+        let cands = [(a, b), (b, a)];
+        for (x, y) in cands {
+            let c = rep[x];
+            // `x` (after identities) is the conv itself or its folded BatchNorm.
+            let xb = base[x];
+            let only_reader = readers[xb] == 1 && (xb == c || (folded_into[c].is_some_and(|(bn, _)| bn == xb) && readers[c] == 1));
+            if matches!(nodes[c].op, Op::Conv { groups: 1, .. })
+                && act[c].is_none()
+                && only_reader
+                && !moved[c]
+                && c != rep[y]
+                && nodes[c].inputs.len() == 1
+                && nodes[c].shape == node.shape
+                && node.shape.is_some()
+            {
+                add_conv[j] = Some((c, rep[y]));
+                moved[c] = true;
+                stats.residual += 1;
+                break;
+            }
+        }
+    }
     // Build the new graph.
     let mut new_id: Vec<Option<NodeId>> = vec![None; n];
     let mut graph: DiGraph<Node, u32> = DiGraph::new();
     let mut folds = Vec::new();
     let mut acts = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        if rep[i] != i || !live[i] {
+    let mut residual = Vec::new();
+    for i in 0..n {
+        if rep[i] != i || !live[i] || moved[i] {
             continue;
         }
-        let mut nn = (*node).clone();
+        // A fused residual add emits its conv here (the conv's id stays `None`).
+        let (src, extra) = match add_conv[i] {
+            Some((c, other)) => (c, Some(other)),
+            None => (i, None),
+        };
+        let node = nodes[src];
+        let mut nn = node.clone();
         nn.inputs = node.inputs.iter().map(|x| new_id[rep[x.index()]].expect("inputs come first")).collect();
-        if let Some((bn, eps)) = folded_into[i] {
+        if let Some(other) = extra {
+            nn.inputs.push(new_id[other].expect("inputs come first"));
+        }
+        if let Some((bn, eps)) = folded_into[src] {
             let (had_bias, out) = match &mut nn.op {
                 Op::Conv { bias, out, .. } | Op::Linear { bias, out } => (std::mem::replace(bias, true), *out),
                 _ => unreachable!("only convs and linears fold"),
@@ -191,6 +243,7 @@ pub fn optimize(g: &Graph) -> Optimized {
             graph.add_edge(*x, id, slot as u32);
         }
         acts.push(act[i]);
+        residual.push(extra.is_some());
         new_id[i] = Some(id);
     }
     let final_stage = |r: usize| if act[r].is_some() { 2 } else if folded_into[r].is_some() { 1 } else { 0 };
@@ -210,7 +263,7 @@ pub fn optimize(g: &Graph) -> Optimized {
         .filter_map(|s| map[s.output.index()].map(|o| crate::ir::Scope { name: s.name.clone(), output: o, block: s.block.clone() }))
         .collect();
     let graph = Graph { meta: g.meta.clone(), graph, output, scopes, param_order: g.param_order.clone() };
-    Optimized { graph, folds, acts, map, last_use, stats }
+    Optimized { graph, folds, acts, map, last_use, residual, stats }
 }
 
 /// A one-line account of what [`optimize`] did, and the fused chains, for `tlc summary --optimized`.
@@ -220,9 +273,10 @@ pub fn describe(o: &Optimized) -> String {
     let st = o.stats;
     let _ = writeln!(
         s,
-        "optimized: {} BatchNorm folded, {} activations fused, {} identities removed, {} dead nodes removed; {} nodes",
+        "optimized: {} BatchNorm folded, {} activations fused, {} residual adds fused, {} identities removed, {} dead nodes removed; {} nodes",
         st.folded,
         st.fused,
+        st.residual,
         st.identities,
         st.dead,
         o.graph.graph.node_count()
@@ -230,12 +284,16 @@ pub fn describe(o: &Optimized) -> String {
     for (id, n) in o.graph.nodes() {
         let fold = o.folds.iter().find(|f| f.node == id);
         let a = o.acts[id.index()];
-        if fold.is_none() && a.is_none() {
+        let res = o.residual[id.index()];
+        if fold.is_none() && a.is_none() && !res {
             continue;
         }
         let mut line = n.name.clone();
         if let Some(f) = fold {
             let _ = write!(line, " + {} (folded)", f.bn);
+        }
+        if res {
+            let _ = write!(line, " + residual");
         }
         if let Some(a) = a {
             let _ = write!(line, " + {a:?}");

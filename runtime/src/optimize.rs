@@ -26,6 +26,9 @@ pub struct OptimizedModel {
     pub plan: Optimized,
     /// Per unfolded BatchNorm node (new index): per-channel scale and shift.
     affine: HashMap<usize, (Vec<f32>, Vec<f32>)>,
+    /// Per dense conv node (new index), with `TLC_CONV=packed`: weights and bias packed once
+    /// for [`fast::packed`].
+    packed: HashMap<usize, fast::packed::PackedWeights>,
 }
 
 fn vec1(t: &Tensor) -> Result<Vec<f32>> {
@@ -85,7 +88,21 @@ impl OptimizedModel {
                 affine.insert(id.index(), bn_affine(params, &n.name, eps)?);
             }
         }
-        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine })
+        let mut packed = HashMap::new();
+        if fast::use_packed() && device.is_cpu() {
+            for (id, n) in plan.graph.nodes() {
+                if let Op::Conv { groups: 1, out: co, bias, .. } = &n.op {
+                    let (Some(w), b) = (out.get(&format!("{}.weight", n.name)), out.get(&format!("{}.bias", n.name))) else { continue };
+                    if w.dtype() != candle_core::DType::F32 {
+                        continue;
+                    }
+                    let wv = vec1(w)?;
+                    let bv = if *bias { Some(vec1(b.ok_or_else(|| anyhow!("parameter `{}.bias` is not loaded", n.name))?)?) } else { None };
+                    packed.insert(id.index(), fast::packed::PackedWeights::new(&wv, *co, wv.len() / co, bv.as_deref()));
+                }
+            }
+        }
+        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine, packed })
     }
 
     /// Runs the graph on `x` (NCHW) and returns the final output.
@@ -166,9 +183,24 @@ impl OptimizedModel {
                 let pad = resolve_padding(*padding, [h, w], *kernel, *stride, *dilation);
                 let b = if *bias { Some(p.param("bias")?) } else { None };
                 let wt = p.param("weight")?;
-                match fast::conv2d(&ins[0], wt, b, *stride, pad, *dilation, *groups, act)? {
+                let res = if self.plan.residual[id.index()] { Some(&ins[1]) } else { None };
+                let packed = match self.packed.get(&id.index()) {
+                    Some(pw) => fast::conv2d_packed(&ins[0], pw, *kernel, *stride, pad, *dilation, res, act)?,
+                    None => None,
+                };
+                match packed {
                     Some(y) => Some(y),
-                    None => Some(apply(act, k::conv2d(&ins[0], wt, b, *stride, pad, *dilation, *groups)?)?),
+                    None => match fast::conv2d_residual(&ins[0], wt, b, *stride, pad, *dilation, *groups, res, act)? {
+                        Some(y) => Some(y),
+                        None => {
+                            let y = k::conv2d(&ins[0], wt, b, *stride, pad, *dilation, *groups)?;
+                            let y = match res {
+                                Some(r) => (y + r)?,
+                                None => y,
+                            };
+                            Some(apply(act, y)?)
+                        }
+                    },
                 }
             }
             Op::BatchNorm { .. } => {

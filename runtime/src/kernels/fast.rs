@@ -11,6 +11,9 @@ use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 use tlc_compiler::ir::Activation;
 
+#[path = "packed.rs"]
+pub mod packed;
+
 /// Runs `f` on the contiguous f32 CPU data of `t`, or returns `None`.
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     if t.track_op() || !t.device().is_cpu() {
@@ -101,7 +104,7 @@ fn threads() -> usize {
 
 /// Conv geometry.
 #[derive(Clone, Copy)]
-struct Geo {
+pub struct Geo {
     c: usize,
     h: usize,
     w: usize,
@@ -204,6 +207,22 @@ pub fn conv2d(
     groups: usize,
     act: Option<Activation>,
 ) -> Result<Option<Tensor>> {
+    conv2d_residual(x, w, bias, stride, pad, dilation, groups, None, act)
+}
+
+/// [`conv2d`] with `act(conv + residual)` (`residual` of the output's shape).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_residual(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: [usize; 2],
+    pad: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
+    residual: Option<&Tensor>,
+    act: Option<Activation>,
+) -> Result<Option<Tensor>> {
     if act.is_some_and(|a| !act_supported(a)) {
         return Ok(None);
     }
@@ -226,12 +245,25 @@ pub fn conv2d(
         },
         None => None,
     };
+    if residual.is_some_and(|r| r.dims() != [n, co, oh, ow]) {
+        return Ok(None);
+    }
+    let res_v: Option<Vec<f32>> = match residual {
+        Some(r) => match with_f32(r, |v| v.to_vec()) {
+            Some(v) => Some(v),
+            None => return Ok(None),
+        },
+        None => None,
+    };
     let out = with_f32(x, |xs| {
         with_f32(w, |ws| {
-            if groups == c && co == c && groups > 1 {
+            if groups == c && co == c && groups > 1 && res_v.is_none() {
                 depthwise(xs, ws, bias_v.as_deref(), n, &g, act)
+            } else if groups == 1 && use_packed() {
+                let pw = packed::PackedWeights::new(ws, co, cig * kh * kw, bias_v.as_deref());
+                packed::conv(xs, &pw, n, &g, res_v.as_deref(), act)
             } else {
-                gemm_conv(xs, ws, bias_v.as_deref(), n, co, groups, &g, act)
+                gemm_conv(xs, ws, bias_v.as_deref(), n, co, groups, &g, res_v.as_deref(), act)
             }
         })
     });
@@ -241,8 +273,56 @@ pub fn conv2d(
     }
 }
 
+/// Dense convolution with weights packed once ([`packed::PackedWeights`], bias included),
+/// kernel `[kh, kw]`, then `+ residual` (a tensor of the output's shape) and `act`.
+/// `Ok(None)` when it does not apply.
 #[allow(clippy::too_many_arguments)]
-fn gemm_conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, co: usize, groups: usize, g: &Geo, act: Option<Activation>) -> Vec<f32> {
+pub fn conv2d_packed(
+    x: &Tensor,
+    pw: &packed::PackedWeights,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 4],
+    dilation: [usize; 2],
+    residual: Option<&Tensor>,
+    act: Option<Activation>,
+) -> Result<Option<Tensor>> {
+    let (n, c, h, wd) = x.dims4()?;
+    let [kh, kw] = kernel;
+    if !packed::available() || pw.k != c * kh * kw || stride.contains(&0) || dilation.contains(&0) || kh == 0 || kw == 0 {
+        return Ok(None);
+    }
+    let (eh, ew) = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1);
+    if h + pad[0] + pad[1] < eh || wd + pad[2] + pad[3] < ew {
+        return Ok(None);
+    }
+    let oh = (h + pad[0] + pad[1] - eh) / stride[0] + 1;
+    let ow = (wd + pad[2] + pad[3] - ew) / stride[1] + 1;
+    let co = pw.co;
+    if residual.is_some_and(|r| r.dims() != [n, co, oh, ow]) {
+        return Ok(None);
+    }
+    let g = Geo { c, h, w: wd, kh, kw, oh, ow, stride, pad, dil: dilation };
+    let out = with_f32(x, |xs| match residual {
+        Some(r) => with_f32(r, |rs| packed::conv(xs, pw, n, &g, Some(rs), act)),
+        None => Some(packed::conv(xs, pw, n, &g, None, act)),
+    });
+    match out.flatten() {
+        Some(v) => Ok(Some(Tensor::from_vec(v, (n, co, oh, ow), &Device::Cpu)?)),
+        None => Ok(None),
+    }
+}
+
+/// Whether dense convs use the packed 6x16 kernel ([`packed`]) rather than the `gemm` crate:
+/// `TLC_CONV=packed` or `TLC_CONV=gemm` (default: gemm, measured faster on this project's
+/// machines so far).
+pub fn use_packed() -> bool {
+    static P: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *P.get_or_init(|| packed::available() && std::env::var("TLC_CONV").is_ok_and(|v| v == "packed"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, co: usize, groups: usize, g: &Geo, residual: Option<&[f32]>, act: Option<Activation>) -> Vec<f32> {
     let p = g.oh * g.ow;
     let cg = g.c / groups;
     let cog = co / groups;
@@ -253,8 +333,17 @@ fn gemm_conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, co: usize, gr
     for b in 0..n {
         let xb = &x[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w];
         let ob = &mut out[b * co * p..(b + 1) * co * p];
-        if let Some(bias) = bias {
-            ob.par_chunks_mut(p).zip(bias.par_iter()).for_each(|(row, &v)| row.fill(v));
+        // The GEMM accumulates onto bias (+ residual) already in place.
+        match (bias, residual) {
+            (Some(bias), None) => ob.par_chunks_mut(p).zip(bias.par_iter()).for_each(|(row, &v)| row.fill(v)),
+            (_, Some(r)) => {
+                let rb = &r[b * co * p..(b + 1) * co * p];
+                ob.par_chunks_mut(p).zip(rb.par_chunks(p)).enumerate().for_each(|(ch, (row, src))| {
+                    let v = bias.map_or(0.0, |bv| bv[ch]);
+                    simd(|| row.iter_mut().zip(src).for_each(|(d, s)| *d = s + v));
+                })
+            }
+            (None, None) => {}
         }
         for gi in 0..groups {
             let rhs: &[f32] = if direct {
@@ -264,7 +353,7 @@ fn gemm_conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, co: usize, gr
                 &col
             };
             let lhs = &w[gi * cog * k..(gi + 1) * cog * k];
-            matmul(cog, p, k, &mut ob[gi * cog * p..(gi + 1) * cog * p], bias.is_some(), lhs, rhs);
+            matmul(cog, p, k, &mut ob[gi * cog * p..(gi + 1) * cog * p], bias.is_some() || residual.is_some(), lhs, rhs);
         }
         if act.is_some() {
             let chunk = (co * p).div_ceil(threads() * 4).max(1024);
