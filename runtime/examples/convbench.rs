@@ -1,5 +1,5 @@
 //! Micro-benchmark of the fast conv path: `cargo run --release -p tlc-runtime --example convbench`
-//! (RAYON_NUM_THREADS=2). Prints the minimum of 30 runs per case.
+//! (RAYON_NUM_THREADS=2; TLC_CONV=gemm for the im2col + gemm crate path). Prints the minimum of 30 runs per case.
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 use tlc_runtime::kernels::fast;
@@ -24,7 +24,7 @@ fn main() {
         let b = Tensor::randn(0f32, 0.1, co, &dev).unwrap();
         let p = k / 2;
         let pw = fast::packed::PackedWeights::new(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), co, ci * k * k, Some(&b.to_vec1::<f32>().unwrap()));
-        let old = std::env::var_os("TLC_NOPACK").is_some();
+        let old = std::env::var("TLC_CONV").is_ok_and(|v| v == "gemm");
         let run = || if !old { fast::conv2d_packed(&x, &pw, [k, k], [s, s], [p; 4], [1, 1], None, Some(tlc_compiler::ir::Activation::Relu)).unwrap().unwrap() } else { fast::conv2d(&x, &w, Some(&b), [s, s], [p; 4], [1, 1], 1, Some(tlc_compiler::ir::Activation::Relu)).unwrap().unwrap() };
         let y = run();
         let (_, _, oh, ow) = y.dims4().unwrap();

@@ -26,7 +26,7 @@ pub struct OptimizedModel {
     pub plan: Optimized,
     /// Per unfolded BatchNorm node (new index): per-channel scale and shift.
     affine: HashMap<usize, (Vec<f32>, Vec<f32>)>,
-    /// Per dense conv node (new index), with `TLC_CONV=packed`: weights and bias packed once
+    /// Per dense conv node (new index), unless `TLC_CONV=gemm`: weights and bias packed once
     /// for [`fast::packed`].
     packed: HashMap<usize, fast::packed::PackedWeights>,
 }

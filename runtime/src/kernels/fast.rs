@@ -313,12 +313,11 @@ pub fn conv2d_packed(
     }
 }
 
-/// Whether dense convs use the packed 6x16 kernel ([`packed`]) rather than the `gemm` crate:
-/// `TLC_CONV=packed` or `TLC_CONV=gemm` (default: gemm, measured faster on this project's
-/// machines so far).
+/// Whether dense convs use the packed 6x16 kernel ([`packed`], the default on AVX2+FMA CPUs)
+/// rather than im2col + the `gemm` crate (`TLC_CONV=gemm`, kept for comparison).
 pub fn use_packed() -> bool {
     static P: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *P.get_or_init(|| packed::available() && std::env::var("TLC_CONV").is_ok_and(|v| v == "packed"))
+    *P.get_or_init(|| packed::available() && std::env::var("TLC_CONV").map_or(true, |v| v != "gemm"))
 }
 
 #[allow(clippy::too_many_arguments)]
