@@ -178,14 +178,7 @@ mod tests {
 
     #[test]
     fn input_matches_resnet50_npy() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/parity/resnet50/input.npy"
-        );
-        if !std::path::Path::new(path).exists() {
-            eprintln!("note: {path} absent, skipping input.npy comparison");
-            return;
-        }
+        let Some(path) = crate::shared_asset("parity/resnet50/input.npy") else { return };
         let t = candle_core::Tensor::read_npy(path).unwrap();
         assert_eq!(t.dims(), &[1, 3, 224, 224]);
         let got: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();

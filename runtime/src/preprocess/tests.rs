@@ -2,13 +2,7 @@ use super::*;
 use std::path::PathBuf;
 
 fn shared(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/")).join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: shared asset {} not found", p.display());
-        None
-    }
+    crate::shared_asset(rel)
 }
 
 fn golden_input(rel: &str) -> Option<Vec<f32>> {

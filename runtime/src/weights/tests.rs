@@ -1,13 +1,7 @@
 use super::*;
 
 fn shared(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/")).join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: shared asset {} not found", p.display());
-        None
-    }
+    crate::shared_asset(rel)
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
