@@ -7,7 +7,7 @@ use crate::weights::Weights;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
-use tlc_compiler::ir::{Graph, NodeId, ParamKind};
+use tlc_compiler::ir::{Graph, Node, NodeId, ParamKind};
 
 /// A compiled graph with its parameters on a device.
 pub struct Model {
@@ -82,42 +82,54 @@ impl Model {
 
     /// Runs the graph and also returns the outputs of the `taps` nodes.
     pub fn forward_with(&self, x: &Tensor, taps: &[NodeId]) -> Result<(Tensor, Vec<Tensor>)> {
-        let input = &self.graph.meta.input;
-        let dims = x.dims();
-        if dims.len() != 4 || dims[1..] != input[..] {
-            bail!("the input has shape {:?}; this model takes [N, {}, {}, {}]", dims, input[0], input[1], input[2]);
-        }
-        let n = self.graph.graph.node_count();
-        let mut values: Vec<Option<Tensor>> = vec![None; n];
-        let mut tapped: Vec<Option<Tensor>> = vec![None; taps.len()];
-        for (id, node) in self.graph.nodes() {
-            let ins: Vec<Tensor> = node
-                .inputs
-                .iter()
-                .map(|i| values[i.index()].clone().ok_or_else(|| anyhow!("internal: value of node {} was freed early", i.index())))
-                .collect::<Result<_>>()?;
-            let out = if node.inputs.is_empty() {
-                x.clone()
-            } else {
-                let p = NodeParams { node: &node.name, params: &self.params };
-                exec::eval(&node.op, &ins, &p).with_context(|| format!("while running node `{}`", node.name))?
-            };
-            for (k, t) in taps.iter().enumerate() {
-                if *t == id {
-                    tapped[k] = Some(out.clone());
-                }
-            }
-            values[id.index()] = Some(out);
-            // Free inputs whose last reader was this node.
-            for inp in &node.inputs {
-                if self.last_use[inp.index()] == id.index() {
-                    values[inp.index()] = None;
-                }
-            }
-        }
-        let out = values[self.graph.output.index()].take().ok_or_else(|| anyhow!("the graph produced no output"))?;
-        Ok((out, tapped.into_iter().map(|t| t.unwrap()).collect()))
+        run_graph(&self.graph, &self.last_use, x, taps, |_, node, ins| {
+            let p = NodeParams { node: &node.name, params: &self.params };
+            Ok(exec::eval(&node.op, ins, &p)?)
+        })
     }
+}
+
+/// Runs `graph` on `x` in node order with `eval` for every node but the input, returns the
+/// output and the values of `taps`, and frees each value once `last_use` says its last reader ran.
+pub(crate) fn run_graph(
+    graph: &Graph,
+    last_use: &[usize],
+    x: &Tensor,
+    taps: &[NodeId],
+    mut eval: impl FnMut(NodeId, &Node, &[Tensor]) -> Result<Tensor>,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let input = &graph.meta.input;
+    let dims = x.dims();
+    if dims.len() != 4 || dims[1..] != input[..] {
+        bail!("the input has shape {:?}; this model takes [N, {}, {}, {}]", dims, input[0], input[1], input[2]);
+    }
+    let mut values: Vec<Option<Tensor>> = vec![None; graph.graph.node_count()];
+    let mut tapped: Vec<Option<Tensor>> = vec![None; taps.len()];
+    for (id, node) in graph.nodes() {
+        let ins: Vec<Tensor> = node
+            .inputs
+            .iter()
+            .map(|i| values[i.index()].clone().ok_or_else(|| anyhow!("internal: value of node {} was freed early", i.index())))
+            .collect::<Result<_>>()?;
+        let out = if node.inputs.is_empty() {
+            x.clone()
+        } else {
+            eval(id, node, &ins).with_context(|| format!("while running node `{}`", node.name))?
+        };
+        for (k, t) in taps.iter().enumerate() {
+            if *t == id {
+                tapped[k] = Some(out.clone());
+            }
+        }
+        values[id.index()] = Some(out);
+        for inp in &node.inputs {
+            if last_use[inp.index()] == id.index() {
+                values[inp.index()] = None;
+            }
+        }
+    }
+    let out = values[graph.output.index()].take().ok_or_else(|| anyhow!("the graph produced no output"))?;
+    Ok((out, tapped.into_iter().map(|t| t.unwrap()).collect()))
 }
 
 /// PyTorch-default initialisation of one parameter, deterministic in `seed` and the name.

@@ -6,8 +6,8 @@
 
 use crate::exec::{self, NodeParams, ParamSource};
 use crate::kernels::{self as k, fast};
-use crate::model::Model;
-use anyhow::{anyhow, bail, Context, Result};
+use crate::model::{run_graph, Model};
+use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use tlc_compiler::ir::{Activation, Graph, NodeId, NormAxis, Op};
@@ -113,33 +113,16 @@ impl OptimizedModel {
     /// Runs the graph and also returns the values of `taps` (node ids of the *original*
     /// graph); a tap whose value the optimized graph no longer holds is an error.
     pub fn forward_with(&self, x: &Tensor, taps: &[NodeId]) -> Result<(Tensor, Vec<Tensor>)> {
-        let input = &self.graph.meta.input;
-        let dims = x.dims();
-        if dims.len() != 4 || dims[1..] != input[..] {
-            bail!("the input has shape {:?}; this model takes [N, {}, {}, {}]", dims, input[0], input[1], input[2]);
-        }
         let taps: Vec<NodeId> = taps
             .iter()
             .map(|t| self.plan.map.get(t.index()).copied().flatten().ok_or_else(|| anyhow!("node {} has no value in the optimized graph", t.index())))
             .collect::<Result<_>>()?;
-        let n = self.graph.graph.node_count();
-        let mut values: Vec<Option<Tensor>> = vec![None; n];
-        let mut tapped: Vec<Option<Tensor>> = vec![None; taps.len()];
         // `TLC_PROFILE=1`: time per op kind on stderr.
         let profile = std::env::var_os("TLC_PROFILE").is_some();
         let mut prof: Vec<(String, f64, usize)> = Vec::new();
-        for (id, node) in self.graph.nodes() {
+        let result = run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, node, ins| {
             let t0 = profile.then(std::time::Instant::now);
-            let ins: Vec<Tensor> = node
-                .inputs
-                .iter()
-                .map(|i| values[i.index()].clone().ok_or_else(|| anyhow!("internal: value of node {} was freed early", i.index())))
-                .collect::<Result<_>>()?;
-            let out = if node.inputs.is_empty() {
-                x.clone()
-            } else {
-                self.eval(id, &ins).with_context(|| format!("while running node `{}`", node.name))?
-            };
+            let out = self.eval(id, ins)?;
             if let Some(t0) = t0 {
                 let key = profile_key(&node.op, &out);
                 let dt = t0.elapsed().as_secs_f64() * 1e3;
@@ -151,26 +134,15 @@ impl OptimizedModel {
                     None => prof.push((key, dt, 1)),
                 }
             }
-            for (k, t) in taps.iter().enumerate() {
-                if *t == id {
-                    tapped[k] = Some(out.clone());
-                }
-            }
-            values[id.index()] = Some(out);
-            for inp in &node.inputs {
-                if self.plan.last_use[inp.index()] == id.index() {
-                    values[inp.index()] = None;
-                }
-            }
-        }
+            Ok(out)
+        });
         if profile {
             prof.sort_by(|a, b| b.1.total_cmp(&a.1));
             for (k, t, n) in &prof {
                 eprintln!("{t:9.2} ms {n:5}x  {k}");
             }
         }
-        let out = values[self.graph.output.index()].take().ok_or_else(|| anyhow!("the graph produced no output"))?;
-        Ok((out, tapped.into_iter().map(|t| t.unwrap()).collect()))
+        result
     }
 
     fn eval(&self, id: NodeId, ins: &[Tensor]) -> Result<Tensor> {
