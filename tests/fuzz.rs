@@ -104,7 +104,7 @@ fn mutate(text: &str, kind: u8, a: Index, b: Index) -> (String, String) {
             s.replace_range(bs[i]..bs[i + 1], &c.to_string());
             desc = format!("replace char at byte {} with {c:?}", bs[i]);
         }
-        3 | 4 | 5 => {
+        3..=5 => {
             let ts = tokens(text);
             let (x, y) = ts[a.index(ts.len())];
             let t = TOKENS[b.index(TOKENS.len())];

@@ -162,6 +162,6 @@ fn compile_inner(path: &str, loader: &dyn SourceLoader, options: &Options) -> Co
         }
     }
     let has_error = diags.iter().any(|d| d.severity == diag::Severity::Error);
-    let graph = (!has_error).then(|| ir::Graph { meta, graph: lowerer.graph, output, scopes: lowerer.scopes, param_order: lowerer.param_order });
+    let graph = (!has_error).then_some(ir::Graph { meta, graph: lowerer.graph, output, scopes: lowerer.scopes, param_order: lowerer.param_order });
     Compiled { graph, diagnostics: diags, sources }
 }

@@ -113,7 +113,7 @@ pub(super) fn infer(op: &Op, input: &[usize]) -> Result<Vec<usize>, ShapeError> 
     let Op::Conv { out, kernel, stride, padding, dilation, groups, .. } = *op else { unreachable!() };
     let hw = window2d("conv", input, kernel, stride, padding, dilation, false)?;
     let cin = input[0];
-    if cin % groups != 0 || out % groups != 0 {
+    if !cin.is_multiple_of(groups) || out % groups != 0 {
         return Err(ShapeError::new(format!(
             "groups={groups} must divide both the input channels ({cin}) and the output channels ({out})"
         ))

@@ -17,7 +17,7 @@ pub(super) fn build(name: &str, a: &mut Args) -> Result<Op, Diagnostic> {
     let anchors = match a.take(&["anchors"]) {
         Some((Value::List(l), s)) => {
             let flat: Vec<usize> = l.iter().map(|v| super::args::to_size(v, s)).collect::<Result<_, _>>()?;
-            if flat.len() % 2 != 0 {
+            if !flat.len().is_multiple_of(2) {
                 return Err(Diagnostic::error("E0202", s, "anchors must be pairs: [w0, h0, w1, h1, ...]"));
             }
             flat.chunks(2).map(|c| [c[0], c[1]]).collect()

@@ -137,7 +137,7 @@ pub fn infer(op: &Op, ins: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         Op::DetectV8 { .. } | Op::YoloHead { .. } => detect::infer(op, ins)?,
         _ => tensor::infer(op, ins)?,
     };
-    if out.iter().any(|&d| d == 0) {
+    if out.contains(&0) {
         return Err(ShapeError::new(format!("the output would be empty: {}", fmt_shape(&out)))
             .hint("the input is too small for this op; check kernel sizes, strides and the input size"));
     }

@@ -139,7 +139,7 @@ pub(super) fn infer(op: &Op, ins: &[&[usize]]) -> Result<Vec<usize>, ShapeError>
         }
         Op::Chunk { chunks, index, dim } => {
             let d = sample_dim(*dim, x.len(), "chunk")?;
-            if x[d] % chunks != 0 || index >= chunks {
+            if !x[d].is_multiple_of(*chunks) || index >= chunks {
                 return Err(ShapeError::new(format!("cannot take chunk {index} of {chunks} equal parts of dim {dim} (size {})", x[d])));
             }
             let mut out = x.to_vec();

@@ -34,7 +34,7 @@ pub(super) fn infer(op: &Op, x: &[usize]) -> Result<Vec<usize>, ShapeError> {
             if x.len() != 2 {
                 return Err(ShapeError::new(format!("`self_attention` expects tokens [L, D], found {}", fmt_shape(x))));
             }
-            if x[1] % heads != 0 {
+            if !x[1].is_multiple_of(heads) {
                 return Err(ShapeError::new(format!("embedding dim {} is not divisible by {heads} heads", x[1])));
             }
             Ok(x.to_vec())
@@ -44,7 +44,7 @@ pub(super) fn infer(op: &Op, x: &[usize]) -> Result<Vec<usize>, ShapeError> {
                 return Err(ShapeError::new(format!("`window_attention` expects a channels-last [H, W, C] map, found {}", fmt_shape(x)))
                     .hint("permute(0, 2, 3, 1) turns [C, H, W] into [H, W, C]"));
             }
-            if x[2] % heads != 0 {
+            if !x[2].is_multiple_of(heads) {
                 return Err(ShapeError::new(format!("channels {} are not divisible by {heads} heads", x[2])));
             }
             Ok(x.to_vec())

@@ -44,7 +44,7 @@ impl Elem {
     /// Little-endian bytes to f32.
     pub(crate) fn to_f32(self, b: &[u8]) -> Result<Vec<f32>> {
         let es = self.size();
-        if b.len() % es != 0 {
+        if !b.len().is_multiple_of(es) {
             bail!("data length {} is not a multiple of the element size {es}", b.len());
         }
         let c = b.chunks_exact(es);

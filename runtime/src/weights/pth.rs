@@ -303,7 +303,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
         let es = elem_of.get(key.as_str()).map(|e| e.size()).unwrap_or(4);
         let len = numel.checked_mul(es).context("storage too large")?;
         let pos = r.position() as usize;
-        if pos.checked_add(len).map_or(true, |end| end > bytes.len()) {
+        if pos.checked_add(len).is_none_or(|end| end > bytes.len()) {
             bail!("storage {key}: file truncated ({} bytes left, {len} needed)", bytes.len() - pos);
         }
         storages.insert(key, bytes[pos..pos + len].to_vec());
