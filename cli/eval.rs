@@ -2,7 +2,8 @@
 //! matrix of a classifier on a folder of class subfolders.
 
 use crate::compile::with_graph;
-use crate::run::{build_model, device};
+use crate::run::device;
+use tlc_runtime::pretrained::pretrained_model;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use clap::Args;
@@ -19,9 +20,11 @@ pub struct EvalArgs {
     /// Variant to build.
     #[arg(long)]
     pub variant: Option<String>,
-    /// Weights.
+    /// Weights (default: the spec's checkpoint, downloaded on first use).
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub hub: crate::weights::HubArgs,
     /// Folder of class subfolders (or a dataset root with val/).
     #[arg(long)]
     pub data: PathBuf,
@@ -49,7 +52,7 @@ fn run(graph: tlc_compiler::ir::Graph, a: &EvalArgs) -> Result<()> {
     };
     let (classes, samples) = scan(&dir, labels.as_deref())?;
     let dev = device(&a.device)?;
-    let model = build_model(graph, a.weights.as_deref(), false, &dev)?;
+    let model = pretrained_model(graph, &a.hub.hub(), a.weights.as_deref(), false, &dev)?;
     let (ok, skipped) = load_prepared(&samples, &model.graph.meta.preprocess);
     for s in &skipped {
         eprintln!("warning: skipping {}: {}", s.path.display(), s.reason);

@@ -2,7 +2,8 @@
 //! file names in its metadata (`files`, a JSON list in row order).
 
 use crate::compile::with_graph;
-use crate::run::{build_model, device};
+use crate::run::device;
+use tlc_runtime::pretrained::pretrained_model;
 use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
@@ -19,9 +20,11 @@ pub struct FeaturesArgs {
     /// Variant to build.
     #[arg(long)]
     pub variant: Option<String>,
-    /// Weights.
+    /// Weights (default: the spec's checkpoint, downloaded on first use).
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub hub: crate::weights::HubArgs,
     /// Folder of images (searched recursively).
     #[arg(long)]
     pub images: PathBuf,
@@ -66,7 +69,7 @@ fn run(graph: tlc_compiler::ir::Graph, a: &FeaturesArgs) -> Result<()> {
         files.push(a.images.clone());
     }
     let dev = device(&a.device)?;
-    let model = build_model(graph, a.weights.as_deref(), false, &dev)?;
+    let model = pretrained_model(graph, &a.hub.hub(), a.weights.as_deref(), false, &dev)?;
     let samples: Vec<Sample> = files.into_iter().map(|path| Sample { path, label: 0 }).collect();
     let (ok, skipped) = load_prepared(&samples, &model.graph.meta.preprocess);
     for s in &skipped {

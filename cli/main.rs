@@ -8,6 +8,7 @@ mod features;
 mod inspect;
 mod run;
 mod train;
+mod weights;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     Features(features::FeaturesArgs),
     /// Forward-pass latency, throughput and peak memory on the CPU.
     Bench(bench::BenchArgs),
+    /// Pretrained checkpoints: list, fetch, path, verify.
+    Weights(weights::WeightsArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::eval(a),
         Command::Features(a) => features::features(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Weights(a) => weights::weights(a),
     };
     ExitCode::from(code)
 }

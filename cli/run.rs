@@ -8,7 +8,8 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use tlc_runtime::labels::{names, top_k};
 use tlc_runtime::preprocess::{load_image, preprocess};
-use tlc_runtime::weights::{find_weights, save_safetensors, Weights};
+use tlc_runtime::pretrained::pretrained_model;
+use tlc_runtime::weights::save_safetensors;
 use tlc_runtime::Model;
 
 /// Arguments of `tlc run`.
@@ -19,9 +20,12 @@ pub struct RunArgs {
     /// Variant to build.
     #[arg(long)]
     pub variant: Option<String>,
-    /// Weights file (.safetensors or PyTorch .pth); default: the spec's `weights:` in $TLC_WEIGHTS.
+    /// Weights file (.safetensors, PyTorch .pth, Ultralytics .pt, darknet .weights); default: the
+    /// spec's checkpoint, from TLC_WEIGHTS or the cache, downloaded on first use.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub hub: crate::weights::HubArgs,
     /// Accept weight files that lack some tensors (they keep their initialisation).
     #[arg(long)]
     pub allow_missing: bool,
@@ -80,25 +84,6 @@ pub fn device(spec: &str) -> Result<Device> {
     }
 }
 
-/// Loads the model's weights (explicit file, the spec's default, or random with a warning).
-pub fn build_model(graph: tlc_compiler::ir::Graph, weights: Option<&Path>, allow_missing: bool, dev: &Device) -> Result<Model> {
-    let path = match (weights, &graph.meta.weights) {
-        (Some(p), _) => Some(p.to_path_buf()),
-        (None, Some(name)) => Some(find_weights(name)?),
-        (None, None) => None,
-    };
-    match path {
-        Some(p) => {
-            let w = Weights::load(&p)?;
-            Model::from_weights(graph, &w, allow_missing, dev).with_context(|| format!("loading {}", p.display()))
-        }
-        None => {
-            eprintln!("warning: no weights given (--weights) and the spec names none: the model is RANDOMLY INITIALISED and its outputs mean nothing");
-            Model::random(graph, 0, dev)
-        }
-    }
-}
-
 /// File extensions taken from a folder given to `--image` (files named explicitly are read
 /// whatever their extension: the format is recognised by content).
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "gif", "bmp", "webp"];
@@ -144,7 +129,7 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
     }
     let dev = device(&a.device)?;
     let labels = names(&graph.meta.labels);
-    let model = build_model(graph, a.weights.as_deref(), a.allow_missing, &dev)?;
+    let model = pretrained_model(graph, &a.hub.hub(), a.weights.as_deref(), a.allow_missing, &dev)?;
     let detect = model.graph.meta.task == tlc_compiler::ir::Task::Detect;
     if a.save.is_some() && !detect {
         bail!("--save draws detections: {} is not a detection spec (use --save-output for raw outputs)", a.spec);
@@ -171,8 +156,8 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
             features[k].push(t);
         }
         outputs.push((npy.display().to_string(), y));
-        if detect {
-            bail!("detection decoding needs --image (the box mapping depends on the original image)");
+        if detect && a.save_output.is_none() && a.save_features.is_none() {
+            bail!("with --input a detection spec's raw output can only be saved (--save-output Y.npy); decoding boxes needs --image (the box mapping depends on the original image)");
         }
     } else {
         let files = collect_images(&a.image)?;
@@ -223,10 +208,11 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
         }
         save_safetensors(&list, path)?;
     }
-    if detect {
-        return print_detections(&detections, a);
+    match (detect, &a.input) {
+        (true, Some(_)) => Ok(()), // raw outputs saved above
+        (true, None) => print_detections(&detections, a),
+        (false, _) => print_results(&outputs, &labels, a),
     }
-    print_results(&outputs, &labels, a)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -14,7 +14,7 @@ use tlc_compiler::{compile, render, Options};
 use tlc_runtime::train::data::load_split;
 use tlc_runtime::train::fit::{train, Config, FineTune, Freeze, Schedule, Setup, Unfreeze};
 use tlc_runtime::train::optim::Kind;
-use tlc_runtime::weights::{find_weights, Weights};
+use tlc_runtime::pretrained::{load_for_graph, weights_path};
 
 /// Arguments of `tlc train`.
 #[derive(Args, Clone)]
@@ -25,9 +25,11 @@ pub struct TrainArgs {
     /// Variant to build.
     #[arg(long)]
     pub variant: Option<String>,
-    /// Pretrained weights (default: the spec's `weights:` in $TLC_WEIGHTS).
+    /// Pretrained weights (default: the spec's checkpoint, downloaded on first use).
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub hub: crate::weights::HubArgs,
     /// Dataset: DIR/train/<class>/* and DIR/val/<class>/* (or DIR/<class>/* with --val-split).
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
@@ -221,12 +223,10 @@ fn run(graph: Graph, a: &TrainArgs) -> Result<()> {
         bail!("the new head outputs {:?} per image; it must output [{}] (end it with linear(classes), after pooling/flatten)", out_shape, split.classes.len());
     }
     eprintln!("head `{scope}`: {chain}  (feature: `{}` {:?})", graph.node(feature).name, graph.node(feature).shape.clone().unwrap_or_default());
-    let wpath = match (&a.weights, &graph.meta.weights) {
-        (Some(p), _) => p.clone(),
-        (None, Some(name)) => find_weights(name)?,
-        (None, None) => bail!("give --weights PRETRAINED (the spec names no default weights)"),
+    let Some(wpath) = weights_path(&graph, &a.hub.hub(), a.weights.as_deref())? else {
+        bail!("give --weights PRETRAINED (the spec names no checkpoint)");
     };
-    let weights = Weights::load(&wpath)?;
+    let weights = load_for_graph(&wpath, &graph)?;
     let optimizer = Kind::parse(&a.optimizer, a.momentum, a.nesterov)?;
     let cfg = Config {
         epochs: a.epochs,

@@ -114,3 +114,16 @@ fn errors_in_blocks_carry_a_trace() {
     let text = render::render_plain(&c.diagnostics, &c.sources);
     assert!(text.contains("in block `stage` (layer1)"), "{text}");
 }
+
+#[test]
+fn diagnostics_in_a_pipe_have_no_colour_codes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tlc"))
+        .current_dir(common::root())
+        .args(["check", "tests/invalid/weights_bad_hash.yaml"])
+        .env("TERM", "xterm-256color")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("error[E0029]") && !err.contains('\x1b'), "{err:?}");
+}

@@ -111,7 +111,7 @@ parity_test!(densenet121, "densenet121", "specs/densenet121.yaml", None);
 parity_test!(densenet201, "densenet201", "specs/densenet201.yaml", None);
 parity_test!(mobilenet_v1, "mobilenetv1_100", "specs/mobilenet.yaml", None);
 parity_test!(mobilenet_v2, "mobilenet_v2", "specs/mobilenet_v2.yaml", None);
-parity_test!(inception_v3, "inception_v3", "specs/inception_v3.yaml", Some("no_aux"));
+parity_test!(inception_v3, "inception_v3", "specs/inception_v3.yaml", Some("no_aux_raw"));
 parity_test!(xception, "legacy_xception", "specs/xception.yaml", None);
 parity_test!(efficientnet_b0, "efficientnet_b0", "specs/efficientnet_b0.yaml", None);
 parity_test!(efficientnet_b4, "efficientnet_b4", "specs/efficientnet_b4.yaml", None);

@@ -152,6 +152,18 @@ fn yolo_fastest_detects_the_reference_objects() {
     }
 }
 
+/// OpenCV's `rectOverlap` on integer `[x1, y1, x2, y2]` rectangles: integer areas,
+/// `1.f - (float)(1.0 - Aab / (Aa + Ab - Aab))`, 1 when both areas are 0.
+fn opencv_overlap(a: &[f64; 4], b: &[f64; 4]) -> f32 {
+    let area = |r: &[f64; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+    let (ix, iy) = (a[2].min(b[2]) - a[0].max(b[0]), a[3].min(b[3]) - a[1].max(b[1]));
+    let inter = if ix <= 0.0 || iy <= 0.0 { 0.0 } else { ix * iy };
+    if area(a) + area(b) <= 0.0 {
+        return 1.0;
+    }
+    1.0 - (1.0 - inter / (area(a) + area(b) - inter)) as f32
+}
+
 /// `verify_yolofastest.py` on OpenCV's own decoded rows (the golden's `decoded_*`): argmax
 /// class, `conf > 0.3`, integer boxes, class-agnostic `cv2.dnn.NMSBoxes(…, 0.3, 0.45)`.
 fn reference_script_on_golden(golden: &std::collections::HashMap<String, candle_core::Tensor>, (w, h): (f64, f64)) -> Vec<Det> {
@@ -172,7 +184,7 @@ fn reference_script_on_golden(golden: &std::collections::HashMap<String, candle_
     cands.sort_by(|a, b| b.score.partial_cmp(&a.score).unwrap());
     let mut keep: Vec<Det> = Vec::new();
     for c in cands {
-        if keep.iter().all(|k| iou(&k.xyxy, &c.xyxy) <= 0.45) {
+        if keep.iter().all(|k| opencv_overlap(&k.xyxy, &c.xyxy) <= 0.45f32) {
             keep.push(c);
         }
     }
@@ -192,6 +204,39 @@ fn dog_matches_the_reference_script_on_the_opencv_golden() {
     let mut listed = issue_reference("dog.jpg");
     listed.extend(reference_extras("dog.jpg"));
     assert_same_set("dog.jpg reference script vs issue", &want, &listed, 0.01, 0.8);
+}
+
+/// tlc's decoding and reference NMS on the heads it computes from the golden's input (OpenCV's
+/// blob of dog.jpg, 768x576 resized to 320x320): what `tlc run` does after preprocessing.
+fn tlc_on_golden_input(golden: &std::collections::HashMap<String, candle_core::Tensor>, assets: &std::path::Path) -> Vec<Det> {
+    use tlc_runtime::detect::{decode_darknet, finish, NmsMode, Post};
+    let graph = compile_spec("specs/yolo.yaml", None);
+    let heads: Vec<_> = graph.nodes().filter(|(_, n)| matches!(n.op, tlc_compiler::ir::Op::YoloHead { .. })).map(|(i, _)| i).collect();
+    let w = Weights::load(&assets.join("weights/yolo-fastest-1.1.safetensors")).unwrap();
+    let model = Model::from_weights(graph, &w, false, &Device::Cpu).unwrap();
+    let (_, outs) = model.forward_with(&golden["input"], &heads).unwrap();
+    let mut cands = Vec::new();
+    for (id, t) in heads.iter().zip(&outs) {
+        let tlc_compiler::ir::Op::YoloHead { classes, anchors, mask } = &model.graph.node(*id).op else { unreachable!() };
+        cands.extend(decode_darknet(&t.get(0).unwrap(), anchors, mask, *classes, (320, 320), 0.3).unwrap());
+    }
+    let p = Post { net_hw: (320, 320), scale: ((320.0 / 576.0) as f32, (320.0 / 768.0) as f32), pad: (0.0, 0.0), iou: 0.45, mode: NmsMode::reference(true), clip: None, max_det: None };
+    let names = tlc_runtime::labels::names(&tlc_compiler::ir::Labels::Builtin("coco".into()));
+    let dets = finish(&cands, &p, &names);
+    dets.iter().map(|d| Det { label: d.label.clone(), score: d.score as f64, xyxy: d.bbox.map(|v| v as f64) }).collect()
+}
+
+#[test]
+fn reference_nms_reproduces_the_script_boxes_exactly_on_the_golden_input() {
+    let Some(a) = assets() else { return eprintln!("skipped: no ../shared") };
+    let golden = candle_core::safetensors::load(a.join("weights/yolo-fastest-1.1.dog-golden.safetensors"), &Device::Cpu).unwrap();
+    let want = reference_script_on_golden(&golden, (768.0, 576.0));
+    let got = tlc_on_golden_input(&golden, &a);
+    assert_eq!(got.len(), want.len(), "{got:#?} vs {want:#?}");
+    for (g, w) in got.iter().zip(&want) {
+        eprintln!("{:<8} {:.4} (script {:.4})  {:?} (script {:?})", g.label, g.score, w.score, g.xyxy, w.xyxy);
+        assert!(g.label == w.label && (g.score - w.score).abs() < 1e-4 && g.xyxy == w.xyxy, "{g:?} vs the script's {w:?}");
+    }
 }
 
 #[test]
@@ -254,9 +299,9 @@ fn save_writes_an_annotated_image() {
     let src = tlc_runtime::preprocess::load_image(std::path::Path::new(&photo("dog.jpg"))).unwrap().into_rgb8();
     let img = tlc_runtime::preprocess::load_image(&out_path).unwrap().into_rgb8();
     assert_eq!(img.dimensions(), src.dimensions());
-    // The car's box (454, 76)-(684, 180) is drawn: its top edge is now the class colour.
+    // The car's box (453, 76)-(683, 179) is drawn 2 px wide: its top edge is now the class colour.
     let c = tlc_runtime::draw::class_color(2);
-    let px = img.get_pixel(560, 78);
+    let px = img.get_pixel(560, 77);
     assert!((0..3).all(|k| (px[k] as i32 - c[k] as i32).abs() < 40), "{px:?} vs {c:?}");
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -39,6 +39,7 @@ pub fn op_label(op: &Op) -> String {
         Op::Chunk { .. } => "chunk".into(),
         Op::Upsample { scale } => format!("upsample x{scale}"),
         Op::ZeroPad { .. } => "zeropad".into(),
+        Op::ChannelAffine { .. } => "channel_affine".into(),
         Op::Scale { .. } => "scale".into(),
         Op::ClassToken => "class_token".into(),
         Op::PosEmbed => "pos_embed".into(),

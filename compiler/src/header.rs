@@ -1,6 +1,7 @@
 //! Evaluation of the spec header: variables and variants, input shape, preprocessing, labels,
 //! task and head, into [`ModelMeta`].
 
+use crate::checkpoint;
 use crate::diag::{did_you_mean, Diagnostic};
 use crate::expr::{eval, parse_expr, Env, Value};
 use crate::ir::{Labels, ModelMeta, Task};
@@ -246,18 +247,7 @@ pub fn meta(spec: &Spec, env: &Env, variant: Option<String>, diags: &mut Vec<Dia
             Task::Classify
         }
     };
-    let weights = match spec.get("weights") {
-        Some(n) => match value_of(n, env) {
-            Ok(Value::Str(s)) => Some(s),
-            Ok(Value::None) => None,
-            Ok(v) => {
-                diags.push(Diagnostic::error("E0013", n.span, format!("`weights` must be a file name, found `{v}`")));
-                None
-            }
-            Err(_) => n.scalar_text(),
-        },
-        None => None,
-    };
+    let weights = spec.get("weights").and_then(|n| checkpoint::read(n, spec, variant.as_deref(), diags));
     ModelMeta {
         name,
         reference: text("reference", diags),

@@ -116,6 +116,9 @@ pub enum Op {
     Upsample { scale: usize },
     /// Constant zero padding of a `[C, H, W]` map.
     ZeroPad { pad: Pad4 },
+    /// Fixed per-channel affine map `x * scale[c] + shift[c]` over the first sample dim
+    /// (PyTorch dim 1), without parameters (torchvision Inception-v3's `transform_input`).
+    ChannelAffine { scale: Vec<f64>, shift: Vec<f64> },
     /// Multiplies by a learnable tensor named after the node (layer scale), of this shape.
     Scale { shape: Vec<usize> },
     /// Prepends a learnable class token (named after the node, `[1, 1, D]`) to a `[L, D]` sequence.
@@ -232,8 +235,8 @@ pub struct ModelMeta {
     pub preprocess: Preprocess,
     /// Label set: a built-in name (`imagenet`, `coco`) or a list.
     pub labels: Labels,
-    /// Default weights file name, searched in `$TLC_WEIGHTS`.
-    pub weights: Option<String>,
+    /// The pretrained checkpoint the spec names for this variant (`weights:`).
+    pub weights: Option<crate::checkpoint::Checkpoint>,
     /// Task.
     pub task: Task,
     /// Node or scope where the classifier starts (cut point for transfer learning): the

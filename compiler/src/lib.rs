@@ -5,6 +5,7 @@
 //! the [`ir`] graph while [`ops`] checks shapes; [`emit`] prints DOT, summaries and
 //! parameter lists. Files are read only through the [`span::SourceLoader`] handed in.
 
+pub mod checkpoint;
 pub mod diag;
 pub mod emit;
 pub mod expr;
@@ -164,4 +165,16 @@ fn compile_inner(path: &str, loader: &dyn SourceLoader, options: &Options) -> Co
     let has_error = diags.iter().any(|d| d.severity == diag::Severity::Error);
     let graph = (!has_error).then_some(ir::Graph { meta, graph: lowerer.graph, output, scopes: lowerer.scopes, param_order: lowerer.param_order });
     Compiled { graph, diagnostics: diags, sources }
+}
+
+/// The variant names a spec declares, in order (empty when it has none or cannot be read).
+pub fn variants(path: &str, loader: &dyn SourceLoader) -> Vec<String> {
+    let mut sources = Sources::default();
+    let mut diags = Vec::new();
+    let Ok(text) = loader.load(path) else { return vec![] };
+    let file = sources.add(path, text);
+    match yaml::parse(file, sources.text(file)) {
+        Ok(root) => spec::read(file, &root, &mut diags).variants.into_iter().map(|(name, _, _)| name).collect(),
+        Err(_) => vec![],
+    }
 }

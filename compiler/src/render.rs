@@ -75,7 +75,9 @@ pub fn render_plain(diags: &[Diagnostic], sources: &Sources) -> String {
 /// Renders diagnostics to stderr, with colors when stderr is a terminal.
 pub fn emit_stderr(diags: &[Diagnostic], sources: &Sources) {
     use term::termcolor::{ColorChoice, StandardStream};
-    let writer = StandardStream::stderr(ColorChoice::Auto);
+    // Colour only on a terminal: pipes and logs get plain text (termcolor's `Auto` looks only at TERM).
+    let color = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { ColorChoice::Auto } else { ColorChoice::Never };
+    let writer = StandardStream::stderr(color);
     let config = term::Config::default();
     let mut lock = writer.lock();
     for d in diags {

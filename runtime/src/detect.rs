@@ -4,10 +4,11 @@
 //! Each format follows its reference's post-processing:
 //! - darknet heads (Yolo-Fastest): OpenCV's darknet importer and `cv2.dnn.NMSBoxes`, as in
 //!   `assets/scripts/verify_yolofastest.py`: one candidate per box with its argmax class,
-//!   score = objectness x class probability, kept when the score exceeds `conf`, then
-//!   **class-agnostic** NMS ([`NmsMode::Agnostic`]; `NMSBoxes` sees no classes). Class-wise NMS
-//!   does not reproduce the reference on `dog.jpg`: it keeps a "cat" 0.57 on the dog and a
-//!   second "bicycle" 0.32 that the reference suppresses.
+//!   score = objectness x class probability, kept when the score exceeds `conf`, then the
+//!   script's **integer** rectangles in original-image pixels and **class-agnostic** NMS with
+//!   OpenCV's integer-rectangle overlap ([`NmsMode::OpenCv`]; `NMSBoxes` sees no classes).
+//!   Class-wise NMS does not reproduce the reference on `dog.jpg`: it keeps a "cat" 0.57 on the
+//!   dog and a second "bicycle" 0.32 that the reference suppresses.
 //! - YOLOv8: Ultralytics `non_max_suppression` defaults: best class per anchor, class-wise NMS
 //!   ([`NmsMode::ClassWise`]), at most 300 detections (`max_det`), boxes clipped to the image
 //!   (`scale_boxes`).
@@ -113,6 +114,78 @@ pub fn decode_v8(out: &Tensor, net_hw: (usize, usize), conf: f32) -> Result<Vec<
     Ok(res)
 }
 
+/// An OpenCV `cv::Rect` (`Rect2i`): whole-pixel left, top, width and height.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rect {
+    /// Left.
+    pub x: i64,
+    /// Top.
+    pub y: i64,
+    /// Width.
+    pub width: i64,
+    /// Height.
+    pub height: i64,
+}
+
+impl Rect {
+    /// `width * height` (OpenCV's `Rect::area`, no `+1`).
+    pub fn area(&self) -> i64 {
+        self.width * self.height
+    }
+
+    /// Area of `self & other`: OpenCV's `operator&=` gives an empty `Rect()` when the
+    /// intersection has no positive width or height.
+    pub fn intersection_area(&self, other: &Rect) -> i64 {
+        let w = (self.x + self.width).min(other.x + other.width) - self.x.max(other.x);
+        let h = (self.y + self.height).min(other.y + other.height) - self.y.max(other.y);
+        if w <= 0 || h <= 0 {
+            0
+        } else {
+            w * h
+        }
+    }
+
+    /// `[x1, y1, x2, y2]` = `[x, y, x + width, y + height]`.
+    pub fn xyxy(&self) -> [f32; 4] {
+        [self.x as f32, self.y as f32, (self.x + self.width) as f32, (self.y + self.height) as f32]
+    }
+}
+
+/// OpenCV's `rectOverlap` for `Rect` (modules/dnn/src/nms.cpp:
+/// `1.f - static_cast<float>(jaccardDistance(a, b))`), with `jaccardDistance` from
+/// core/include/opencv2/core/types.hpp: `0` when `Aa + Ab <= 0` (so two empty rectangles
+/// overlap fully), else `1.0 - Aab / (Aa + Ab - Aab)` in double with integer areas.
+pub fn rect_overlap(a: &Rect, b: &Rect) -> f32 {
+    let (aa, ab) = (a.area(), b.area());
+    if aa + ab <= 0 {
+        return 1.0;
+    }
+    let aab = a.intersection_area(b) as f64;
+    1.0 - (1.0 - aab / ((aa + ab) as f64 - aab)) as f32
+}
+
+/// `cv2.dnn.NMSBoxes(rects, scores, score_threshold, nms_threshold)` with `eta = 1`,
+/// `top_k = 0` (`NMSFast_` in modules/dnn/src/nms.inl.hpp): `std::stable_sort` by descending
+/// score, then a box is kept when [`rect_overlap`] with every kept box is `<= nms_threshold`.
+/// Scores are expected above the score threshold already (the caller's `conf`).
+pub fn nms_boxes(rects: &[Rect], scores: &[f32], nms_threshold: f32) -> Vec<usize> {
+    greedy(scores, |kept, i| rect_overlap(&rects[i], &rects[kept]) <= nms_threshold)
+}
+
+/// Greedy NMS: candidates by descending score (stable: ties keep input order), each kept when
+/// `compatible(kept, candidate)` holds for every already kept box.
+fn greedy(scores: &[f32], compatible: impl Fn(usize, usize) -> bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap_or(std::cmp::Ordering::Equal));
+    let mut keep: Vec<usize> = Vec::new();
+    for i in order {
+        if keep.iter().all(|&k| compatible(k, i)) {
+            keep.push(i);
+        }
+    }
+    keep
+}
+
 fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let ix = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let iy = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
@@ -128,18 +201,22 @@ fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 /// Which boxes may suppress each other in NMS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NmsMode {
-    /// Only boxes of the same class (Ultralytics' default, darknet's `do_nms_sort`).
+    /// Only boxes of the same class (Ultralytics' default, darknet's `do_nms_sort`), float IoU.
     ClassWise,
-    /// Any boxes, whatever their classes (OpenCV's `cv2.dnn.NMSBoxes`).
+    /// Any boxes, whatever their classes, float IoU.
     Agnostic,
+    /// `verify_yolofastest.py`'s `cv2.dnn.NMSBoxes`: class-agnostic, on the script's integer
+    /// rectangles in original pixels, with OpenCV's [`rect_overlap`]; detections report those
+    /// rectangles.
+    OpenCv,
 }
 
 impl NmsMode {
-    /// The reference's mode for a head format: agnostic for darknet heads (OpenCV
-    /// `NMSBoxes`), class-wise for YOLOv8 (Ultralytics).
+    /// The reference's mode for a head format: OpenCV's `NMSBoxes` for darknet heads,
+    /// class-wise for YOLOv8 (Ultralytics).
     pub fn reference(darknet: bool) -> NmsMode {
         if darknet {
-            NmsMode::Agnostic
+            NmsMode::OpenCv
         } else {
             NmsMode::ClassWise
         }
@@ -149,16 +226,10 @@ impl NmsMode {
 /// Greedy non-maximum suppression on `[x1, y1, x2, y2]` boxes: a box is dropped when its IoU
 /// with a better kept box exceeds `iou_threshold` (and, for [`NmsMode::ClassWise`], that box
 /// has its class). Returns kept indices, best first (ties keep input order, like a stable sort).
+/// [`NmsMode::OpenCv`] is treated as [`NmsMode::Agnostic`] here (its rectangles are
+/// [`nms_boxes`]'s).
 pub fn nms(boxes: &[[f32; 4]], scores: &[f32], classes: &[usize], iou_threshold: f32, mode: NmsMode) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..boxes.len()).collect();
-    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap_or(std::cmp::Ordering::Equal));
-    let mut keep: Vec<usize> = Vec::new();
-    for i in order {
-        if keep.iter().all(|&k| (mode == NmsMode::ClassWise && classes[k] != classes[i]) || iou(&boxes[k], &boxes[i]) <= iou_threshold) {
-            keep.push(i);
-        }
-    }
-    keep
+    greedy(scores, |k, i| (mode == NmsMode::ClassWise && classes[k] != classes[i]) || iou(&boxes[k], &boxes[i]) <= iou_threshold)
 }
 
 /// How [`finish`] maps and filters candidates.
@@ -180,26 +251,54 @@ pub struct Post {
     pub max_det: Option<usize>,
 }
 
-/// Maps candidates to original-image pixels (undoing resize and letterbox padding), runs NMS,
-/// optionally clips. Detections come best first.
-pub fn finish(cands: &[Candidate], p: &Post, labels: &[String]) -> Vec<Detection> {
+/// A candidate's `[x1, y1, x2, y2]` in original-image pixels (undoing resize and letterbox).
+fn float_box(c: &Candidate, p: &Post) -> [f32; 4] {
     let (net_hw, scale, pad) = (p.net_hw, p.scale, p.pad);
-    let boxes: Vec<[f32; 4]> = cands
-        .iter()
-        .map(|c| {
-            let (cx, cy) = (c.cxcywh[0] * net_hw.1 as f32, c.cxcywh[1] * net_hw.0 as f32);
-            let (w, h) = (c.cxcywh[2] * net_hw.1 as f32, c.cxcywh[3] * net_hw.0 as f32);
-            [(cx - w / 2.0 - pad.1) / scale.1, (cy - h / 2.0 - pad.0) / scale.0, (cx + w / 2.0 - pad.1) / scale.1, (cy + h / 2.0 - pad.0) / scale.0]
-        })
-        .collect();
+    let (cx, cy) = (c.cxcywh[0] * net_hw.1 as f32, c.cxcywh[1] * net_hw.0 as f32);
+    let (w, h) = (c.cxcywh[2] * net_hw.1 as f32, c.cxcywh[3] * net_hw.0 as f32);
+    [(cx - w / 2.0 - pad.1) / scale.1, (cy - h / 2.0 - pad.0) / scale.0, (cx + w / 2.0 - pad.1) / scale.1, (cy + h / 2.0 - pad.0) / scale.0]
+}
+
+/// Original pixels per unit of normalised input coordinate, `net / scale`: for a plain resize
+/// the image's width or height, rounded to whole pixels to undo the f32 rounding of `scale`.
+fn extent(net: usize, scale: f32) -> f64 {
+    let e = net as f64 / scale as f64;
+    if (e - e.round()).abs() < 1e-3 {
+        e.round()
+    } else {
+        e
+    }
+}
+
+/// `verify_yolofastest.py`'s box of a candidate: `cx, cy, w, h = r[0]*W, r[1]*H, r[2]*W,
+/// r[3]*H` and `[int(cx - w/2), int(cy - h/2), int(w), int(h)]`, evaluated in f64 (NumPy 1.x
+/// promotes a float32 scalar times a Python int to float64) with `int()` truncating towards
+/// zero. Letterbox padding, which the script never has, is undone first.
+fn script_rect(c: &Candidate, p: &Post) -> Rect {
+    let (ex, ey) = (extent(p.net_hw.1, p.scale.1), extent(p.net_hw.0, p.scale.0));
+    let cx = c.cxcywh[0] as f64 * ex - p.pad.1 as f64 / p.scale.1 as f64;
+    let cy = c.cxcywh[1] as f64 * ey - p.pad.0 as f64 / p.scale.0 as f64;
+    let (w, h) = (c.cxcywh[2] as f64 * ex, c.cxcywh[3] as f64 * ey);
+    Rect { x: (cx - w / 2.0).trunc() as i64, y: (cy - h / 2.0).trunc() as i64, width: w.trunc() as i64, height: h.trunc() as i64 }
+}
+
+/// Maps candidates to original-image pixels (undoing resize and letterbox padding; whole-pixel
+/// rectangles for [`NmsMode::OpenCv`]), runs NMS, optionally clips. Detections come best first.
+pub fn finish(cands: &[Candidate], p: &Post, labels: &[String]) -> Vec<Detection> {
     let scores: Vec<f32> = cands.iter().map(|c| c.score).collect();
     let classes: Vec<usize> = cands.iter().map(|c| c.class).collect();
+    let (kept, boxes) = if p.mode == NmsMode::OpenCv {
+        let rects: Vec<Rect> = cands.iter().map(|c| script_rect(c, p)).collect();
+        (nms_boxes(&rects, &scores, p.iou), rects.iter().map(Rect::xyxy).collect::<Vec<_>>())
+    } else {
+        let boxes: Vec<[f32; 4]> = cands.iter().map(|c| float_box(c, p)).collect();
+        (nms(&boxes, &scores, &classes, p.iou, p.mode), boxes)
+    };
     let clip = |b: [f32; 4]| match p.clip {
         Some((h, w)) => [b[0].clamp(0.0, w as f32), b[1].clamp(0.0, h as f32), b[2].clamp(0.0, w as f32), b[3].clamp(0.0, h as f32)],
         None => b,
     };
-    nms(&boxes, &scores, &classes, p.iou, p.mode)
-        .into_iter()
+    kept.into_iter()
         .take(p.max_det.unwrap_or(usize::MAX))
         .map(|i| Detection { class: classes[i], label: labels.get(classes[i]).cloned().unwrap_or_else(|| classes[i].to_string()), score: scores[i], bbox: clip(boxes[i]) })
         .collect()
@@ -215,6 +314,59 @@ mod tests {
         let (s, c) = ([0.9, 0.8, 0.7, 0.5], [0, 0, 1, 0]);
         assert_eq!(nms(&b, &s, &c, 0.45, NmsMode::ClassWise), vec![0, 2, 3]);
         assert_eq!(nms(&b, &s, &c, 0.45, NmsMode::Agnostic), vec![0, 3]);
+    }
+
+    /// A candidate in a 256x256 image run at 256x256, from pixel left, top, width, height.
+    fn px(left: f64, top: f64, w: f64, h: f64, score: f32) -> Candidate {
+        let n = |v: f64| (v / 256.0) as f32;
+        Candidate { cxcywh: [n(left + w / 2.0), n(top + h / 2.0), n(w), n(h)], class: 0, score }
+    }
+
+    fn post(mode: NmsMode) -> Post {
+        Post { net_hw: (256, 256), scale: (1.0, 1.0), pad: (0.0, 0.0), iou: 0.45, mode, clip: None, max_det: None }
+    }
+
+    #[test]
+    fn opencv_nms_uses_the_scripts_integer_rectangles() {
+        // `a` is exactly (40, 40, 20, 20). `b` (47.5, 40, 20.9, 20): float IoU 250/568 = 0.440
+        // keeps it, its int rect (47, 40, 20, 20) overlaps 260/540 = 0.481. `c` (32.9, 40,
+        // 19.9, 20): float IoU 256/542 = 0.472 suppresses it, (32, 40, 19, 20) overlaps
+        // 220/560 = 0.393.
+        let cands = [px(40.0, 40.0, 20.0, 20.0, 0.9), px(47.5, 40.0, 20.9, 20.0, 0.8), px(32.9, 40.0, 19.9, 20.0, 0.7)];
+        let scores = |d: &[Detection]| d.iter().map(|d| d.score).collect::<Vec<_>>();
+        assert_eq!(scores(&finish(&cands, &post(NmsMode::Agnostic), &[])), [0.9, 0.8]);
+        let d = finish(&cands, &post(NmsMode::OpenCv), &[]);
+        assert_eq!(scores(&d), [0.9, 0.7]);
+        assert_eq!((d[0].bbox, d[1].bbox), ([40.0, 40.0, 60.0, 60.0], [32.0, 40.0, 51.0, 60.0]));
+        assert_eq!(NmsMode::reference(true), NmsMode::OpenCv);
+        assert_eq!(NmsMode::reference(false), NmsMode::ClassWise);
+    }
+
+    #[test]
+    fn script_rect_truncates_towards_zero_in_the_original_pixels() {
+        // left = 6.3 - 10 = -3.7 and top = -0.5: Python's int() gives -3 and 0.
+        let d = finish(&[px(-3.7, -0.5, 20.0, 10.6, 0.5)], &post(NmsMode::OpenCv), &[]);
+        assert_eq!(d[0].bbox, [-3.0, 0.0, 17.0, 10.0]);
+        // dog.jpg: 768x576 resized to 320x320; the f32 scale still gives whole-pixel extents.
+        assert_eq!((extent(320, (320.0 / 768.0) as f32), extent(320, (320.0 / 576.0) as f32)), (768.0, 576.0));
+        let p = Post { net_hw: (320, 320), scale: ((320.0 / 576.0) as f32, (320.0 / 768.0) as f32), ..post(NmsMode::OpenCv) };
+        let c = Candidate { cxcywh: [0.5, 0.5, 0.25, 0.125], class: 0, score: 0.5 };
+        assert_eq!(finish(&[c], &p, &[])[0].bbox, [288.0, 252.0, 480.0, 324.0]);
+    }
+
+    #[test]
+    fn rect_overlap_follows_opencv() {
+        let r = |x, y, width, height| Rect { x, y, width, height };
+        // IoU exactly 18/40 = 0.45: `1.f - (float)(1.0 - 0.45)` equals 0.45f, and `<=` keeps it.
+        let (a, b) = (r(0, 0, 29, 1), r(11, 0, 29, 1));
+        assert_eq!(rect_overlap(&a, &b), 0.45f32);
+        assert_eq!(nms_boxes(&[a, b], &[0.9, 0.8], 0.45), [0, 1]);
+        // Two empty rectangles overlap fully (jaccardDistance 0); an empty one overlaps nothing.
+        assert_eq!(rect_overlap(&r(5, 5, 0, 3), &r(100, 100, 0, 0)), 1.0);
+        assert_eq!(rect_overlap(&r(5, 5, 0, 3), &r(0, 0, 10, 10)), 0.0);
+        // Touching edges do not intersect; equal scores keep input order (std::stable_sort).
+        assert_eq!(r(0, 0, 10, 10).intersection_area(&r(10, 0, 10, 10)), 0);
+        assert_eq!(nms_boxes(&[r(0, 0, 9, 9), r(50, 0, 9, 9), r(1, 0, 9, 9)], &[0.5, 0.5, 0.5], 0.45), [0, 1]);
     }
 
     #[test]

@@ -128,6 +128,7 @@ pub fn eval(op: &Op, ins: &[Tensor], p: &dyn ParamSource) -> Result<Tensor> {
         }
         Op::Upsample { scale } => k::upsample_nearest(x, *scale)?,
         Op::ZeroPad { pad } => k::pad2d(x, *pad, 0.0)?,
+        Op::ChannelAffine { scale, shift } => channel_affine(x, scale, shift)?,
         Op::Scale { .. } => x.broadcast_mul(p.param("")?)?,
         Op::ClassToken => {
             let n = x.dim(0)?;
@@ -141,6 +142,15 @@ pub fn eval(op: &Op, ins: &[Tensor], p: &dyn ParamSource) -> Result<Tensor> {
         Op::PatchMerge => patch_merge(x)?,
         Op::DetectV8 { classes, reg_max, strides } => detect_v8(ins, *classes, *reg_max, strides, p)?,
     })
+}
+
+/// `x * scale[c] + shift[c]` over dim 1, as two rounded f32 ops like PyTorch's
+/// `x * s + t` with Python-float constants (torchvision Inception-v3's `_transform_input`).
+fn channel_affine(x: &Tensor, scale: &[f64], shift: &[f64]) -> Result<Tensor> {
+    let mut shape = vec![1; x.rank()];
+    shape[1] = scale.len();
+    let per_channel = |v: &[f64]| Tensor::from_vec(v.iter().map(|&a| a as f32).collect::<Vec<f32>>(), shape.clone(), x.device())?.to_dtype(x.dtype());
+    x.broadcast_mul(&per_channel(scale)?)?.broadcast_add(&per_channel(shift)?)
 }
 
 /// `nn.MultiheadAttention` self-attention, batch first, on (N, L, D).
@@ -328,4 +338,28 @@ fn detect_v8(ins: &[Tensor], classes: usize, reg_max: usize, strides: &[usize], 
     let bh = (&y2 - &y1)?;
     let dbox = Tensor::cat(&[cx, cy, bw, bh], 1)?.broadcast_mul(&st)?;
     Tensor::cat(&[dbox, k::sigmoid(&cls)?], 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoParams;
+    impl ParamSource for NoParams {
+        fn param(&self, suffix: &str) -> Result<&Tensor> {
+            Err(candle_core::Error::Msg(format!("no parameter `{suffix}`")))
+        }
+    }
+
+    #[test]
+    fn channel_affine_matches_hand_computed_values() {
+        // Inception-v3's transform_input: x_c * (std_c / 0.5) + (mean_c - 0.5) / 0.5.
+        let (mean, std) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        let op = Op::ChannelAffine { scale: std.iter().map(|s| s / 0.5).collect(), shift: mean.iter().map(|m| (m - 0.5) / 0.5).collect() };
+        let x = Tensor::from_vec(vec![1f32, -2.0, 0.0, 0.5, 2.0, -1.0], (1, 3, 1, 2), &Device::Cpu).unwrap();
+        let y: Vec<f32> = eval(&op, &[x], &NoParams).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        // By hand: 1*0.458-0.03, -2*0.458-0.03; 0*0.448-0.088, 0.5*0.448-0.088; 2*0.45-0.188, -1*0.45-0.188.
+        let want = [0.428f32, -0.946, -0.088, 0.136, 0.712, -0.638];
+        assert!(y.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{y:?}");
+    }
 }

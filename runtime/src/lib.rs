@@ -3,11 +3,13 @@ pub mod detect;
 pub mod draw;
 pub mod exec;
 pub mod formula;
+pub mod hub;
 pub mod kernels;
 pub mod labels;
 pub mod model;
 pub mod optimize;
 pub mod preprocess;
+pub mod pretrained;
 pub mod train;
 pub mod weights;
 

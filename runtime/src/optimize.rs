@@ -184,6 +184,10 @@ impl OptimizedModel {
                 let zeros = vec![0f32; s.len()];
                 fast::channel_affine(&ins[0], &s, &zeros, None)?
             }
+            Op::ChannelAffine { scale, shift } => {
+                let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+                fast::channel_affine(&ins[0], &f32s(scale), &f32s(shift), act)?
+            }
             Op::MaxPool { kernel, stride, padding, dilation, ceil } if act.is_none() && ins[0].rank() == 4 => {
                 let (_, _, h, w) = ins[0].dims4()?;
                 let pad = resolve_padding(*padding, [h, w], *kernel, *stride, *dilation);
@@ -255,4 +259,26 @@ fn self_attention(x: &Tensor, heads: usize, p: &dyn ParamSource) -> Result<Tenso
     let o = k::attention(&q, &kk, &v, None)?;
     let o = o.transpose(1, 2)?.reshape((n, l, d))?;
     lin(&o, "out_proj.weight", "out_proj.bias")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tlc_compiler::span::MemoryLoader;
+
+    #[test]
+    fn channel_affine_runs_natively_and_matches_the_plain_model() {
+        let spec = "name: t\ninput: [3, 4, 5]\ngraph:\n  - t: channel_affine(scale=[0.458, 0.448, 0.45], shift=[-0.03, -0.088, -0.188])\n  - relu\n";
+        let loader = MemoryLoader([("t.yaml".to_string(), spec.to_string())].into_iter().collect());
+        let graph = tlc_compiler::compile("t.yaml", &loader, &tlc_compiler::Options::default()).graph.unwrap();
+        let model = Model::with_fixture_weights(graph, &Device::Cpu).unwrap();
+        let x = Tensor::arange(0u32, 120, &Device::Cpu).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+        let x = ((x.reshape((2, 3, 4, 5)).unwrap() - 50.0).unwrap() * 0.1).unwrap();
+        let want: Vec<f32> = model.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let opt = model.optimized().unwrap();
+        assert!(fast::channel_affine(&x, &[1.0; 3], &[0.0; 3], None).unwrap().is_some(), "the fast kernel applies");
+        let got: Vec<f32> = opt.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got, want);
+        assert!(want.iter().all(|&v| v >= 0.0) && want.iter().any(|&v| v > 0.0));
+    }
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: compiling specs from disk and finding fixtures.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use tlc_compiler::ir::Graph;
 use tlc_compiler::span::SourceLoader;
@@ -20,10 +22,12 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared` beside the repository, if present.
+/// `../shared` beside the repository. The tests that use it need it: a missing `../shared`
+/// fails them (never a silent pass); the `Option` keeps the callers' `let Some(..)` shape.
 pub fn shared() -> Option<PathBuf> {
     let p = root().join("../shared");
-    p.is_dir().then_some(p)
+    assert!(p.is_dir(), "this test needs ../shared beside the repository ({} is missing)", p.display());
+    Some(p)
 }
 
 /// Each parity fixture and the spec (and variant) that must match it.
@@ -36,7 +40,7 @@ pub const FIXTURES: &[(&str, &str, Option<&str>)] = &[
     ("densenet201", "specs/densenet201.yaml", None),
     ("mobilenetv1_100", "specs/mobilenet.yaml", None),
     ("mobilenet_v2", "specs/mobilenet_v2.yaml", None),
-    ("inception_v3", "specs/inception_v3.yaml", Some("no_aux")),
+    ("inception_v3", "specs/inception_v3.yaml", Some("no_aux_raw")),
     ("legacy_xception", "specs/xception.yaml", None),
     ("efficientnet_b0", "specs/efficientnet_b0.yaml", None),
     ("efficientnet_b4", "specs/efficientnet_b4.yaml", None),

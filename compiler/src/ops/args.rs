@@ -133,6 +133,22 @@ impl Args {
             .collect()
     }
 
+    /// A required list of finite numbers (one list argument).
+    pub fn floats(&mut self, names: &[&'static str]) -> Result<Vec<f64>, Diagnostic> {
+        match self.take(names) {
+            None => Err(self.missing(names[0], "a list of numbers")),
+            Some((Value::List(l), s)) => l
+                .iter()
+                .map(|v| match v {
+                    Value::Int(i) => Ok(*i as f64),
+                    Value::Float(f) if f.is_finite() => Ok(*f),
+                    other => Err(type_err(s, "a finite number", other)),
+                })
+                .collect(),
+            Some((v, s)) => Err(type_err(s, "a list of numbers", &v)),
+        }
+    }
+
     /// Errors for unused positional or unknown keyword arguments.
     pub fn finish(&self, op: &str) -> Result<(), Diagnostic> {
         if self.used_pos < self.pos.len() {

@@ -2,6 +2,7 @@
 //! parameters and MAC count. The dispatch tables here are the only place listing them all.
 
 mod act;
+mod affine;
 mod args;
 pub mod conv;
 mod detect;
@@ -52,6 +53,7 @@ pub const OPS: &[(&str, &str)] = &[
     ("chunk", "chunk(n, index, dim=1): part `index` of n equal parts"),
     ("upsample", "upsample(scale=2), nearest"),
     ("zeropad", "zeropad(p) or zeropad([t,b,l,r])"),
+    ("channel_affine", "channel_affine(scale=[...], shift=[...]): x * scale[c] + shift[c] per channel, no parameters"),
     ("scale", "multiply by a learnable tensor named after the node: scale([C,1,1])"),
     ("class_token", "prepend a learnable class token named after the node"),
     ("pos_embed", "add a learnable position embedding named after the node"),
@@ -78,6 +80,7 @@ pub fn build(name: &str, args: &mut Args) -> Result<Op, Diagnostic> {
             transformer::build(name, args)?
         }
         "detect_v8" | "yolo_head" => detect::build(name, args)?,
+        "channel_affine" => affine::build(args)?,
         n if act::NAMES.contains(&n) => act::build(n, args)?,
         _ => tensor::build(name, args)?,
     };
@@ -135,6 +138,7 @@ pub fn infer(op: &Op, ins: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
             transformer::infer(op, ins[0])?
         }
         Op::DetectV8 { .. } | Op::YoloHead { .. } => detect::infer(op, ins)?,
+        Op::ChannelAffine { .. } => affine::infer(op, ins[0])?,
         _ => tensor::infer(op, ins)?,
     };
     if out.contains(&0) {

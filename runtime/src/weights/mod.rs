@@ -1,13 +1,24 @@
 //! Loading, checking and saving network weights.
 //!
 //! [`Weights::load`] reads `.safetensors` and PyTorch checkpoints (`.pth`, `.pt`, `.bin`, zip or
-//! legacy format, never executing pickled code) into f32 CPU tensors; [`Weights::check`] compares
-//! them with the parameter list a compiled network expects; [`save_safetensors`] writes atomically;
-//! [`find_weights`] resolves a file name through `$TLC_WEIGHTS`.
+//! legacy format, never executing pickled code: `pickle.rs` is a data-only pickle machine) into
+//! f32 CPU tensors. PyTorch checkpoints may hold a state dict (possibly nested under a common
+//! key) or pickled `nn.Module`s (`torch.save(model)`), such as Ultralytics release checkpoints
+//! (`yolov8n.pt`: the `ema` or else the `model` module's tree is walked into `state_dict` names,
+//! fp16 converted to f32). [`Weights::load_for`] also reads darknet
+//! `.weights` files, which carry no names: the network's expected parameter list gives their
+//! layout. [`Weights::check`] compares weights with the parameter list a compiled network
+//! expects; [`save_safetensors`] writes atomically; [`find_weights`] resolves a file name
+//! through `$TLC_WEIGHTS`.
 
+mod darknet;
+mod format;
+mod pickle;
 mod pth;
 #[cfg(test)]
 mod tests;
+
+pub use format::check_format;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -15,6 +26,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// Tensors read from a file: `(name, shape, f32 data)`.
+pub(crate) type Parsed = Vec<(String, Vec<usize>, Vec<f32>)>;
 
 /// Element type of stored data, converted to f32 on load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,12 +89,42 @@ impl Weights {
     /// Loads a `.safetensors` file or a PyTorch state dict (`.pth`, `.pt`, `.bin`, `.ckpt`).
     ///
     /// The format is recognised by content, not extension. PyTorch pickles are parsed as data
-    /// only; a state dict nested under a common key (`state_dict`, `model`, ...) is found.
+    /// only; a state dict nested under a common key (`state_dict`, `model`, ...) is found, and
+    /// a pickled `nn.Module` (Ultralytics checkpoints: `ema`, else `model`) gives the names and
+    /// tensors of its `state_dict()`. Darknet `.weights` files need [`Weights::load_for`].
     /// Every tensor is converted to f32. A corrupt, truncated or foreign file gives an error
     /// naming the file.
     pub fn load(path: &Path) -> Result<Weights> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read weights file {}", path.display()))?;
-        let parsed = std::panic::catch_unwind(|| parse(&bytes)).unwrap_or_else(|p| {
+        Weights::from_bytes(path, &bytes)
+    }
+
+    /// Loads weights for a network whose `(name, shape)` list (as [`Weights::check`] takes it)
+    /// is `expected`.
+    ///
+    /// A file named `*.weights` is read as darknet weights (darknet files have no magic number,
+    /// so the extension decides; one that is recognisably a safetensors or PyTorch file is read
+    /// as such): the tensors are laid out in the order of the darknet layer index `i` of the
+    /// `layers.<i>.conv.*` / `layers.<i>.bn.*` names of `expected`, with its shapes. A short
+    /// file, trailing bytes, a bad header, or an `expected` list with other names give a one-line
+    /// error naming the file. Any other file goes to [`Weights::load`].
+    pub fn load_for(path: &Path, expected: &[(String, Vec<usize>)]) -> Result<Weights> {
+        let is_darknet = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("weights"));
+        if !is_darknet {
+            return Weights::load(path);
+        }
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read weights file {}", path.display()))?;
+        if sniff(&bytes) == Some(Sniffed::Pth) || safetensors_header_fits(&bytes) {
+            return Weights::from_bytes(path, &bytes);
+        }
+        let list = darknet::read(&bytes, expected)
+            .map_err(|e| anyhow!("cannot load darknet weights from {}: {e:#}", path.display()))?;
+        Weights::from_list(path, list)
+    }
+
+    /// Parses a file's content (any format [`Weights::load`] knows), errors naming `path`.
+    fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Weights> {
+        let parsed = std::panic::catch_unwind(|| parse(bytes)).unwrap_or_else(|p| {
             let msg = p
                 .downcast_ref::<String>()
                 .map(String::as_str)
@@ -89,6 +133,11 @@ impl Weights {
             Err(anyhow!("decoder panicked: {msg}"))
         });
         let list = parsed.with_context(|| format!("cannot load weights from {}", path.display()))?;
+        Weights::from_list(path, list)
+    }
+
+    /// Builds CPU tensors from parsed `(name, shape, data)` entries of the file at `path`.
+    fn from_list(path: &Path, list: Parsed) -> Result<Weights> {
         let mut tensors = BTreeMap::new();
         for (name, shape, data) in list {
             let t = Tensor::from_vec(data, shape, &Device::Cpu)
@@ -189,21 +238,41 @@ impl Weights {
     }
 }
 
-fn parse(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+/// Formats recognised by content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sniffed {
+    Pth,
+    Safetensors,
+}
+
+/// Recognises PyTorch (zip or legacy) and safetensors content.
+fn sniff(bytes: &[u8]) -> Option<Sniffed> {
+    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(&[0x80, 0x02, 0x8a, 0x0a]) {
+        return Some(Sniffed::Pth);
+    }
+    // safetensors: 8-byte little-endian header length, then a JSON header starting with '{'.
+    (bytes.len() >= 9 && bytes[8] == b'{').then_some(Sniffed::Safetensors)
+}
+
+/// Whether `bytes` start with a safetensors header that fits in the file: stricter than
+/// [`sniff`], so that a darknet header (version numbers, then `seen`) is never taken for one.
+fn safetensors_header_fits(bytes: &[u8]) -> bool {
+    let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())) else { return false };
+    sniff(bytes) == Some(Sniffed::Safetensors) && len >= 2 && len <= (bytes.len() - 8) as u64
+}
+
+fn parse(bytes: &[u8]) -> Result<Parsed> {
     if bytes.is_empty() {
         bail!("the file is empty");
     }
-    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(&[0x80, 0x02, 0x8a, 0x0a]) {
-        return pth::read(bytes);
+    match sniff(bytes) {
+        Some(Sniffed::Pth) => pth::read(bytes),
+        Some(Sniffed::Safetensors) => read_safetensors(bytes),
+        None => bail!("unrecognised format: neither safetensors nor a PyTorch checkpoint (zip or legacy pickle)"),
     }
-    // safetensors: 8-byte little-endian header length, then a JSON header starting with '{'.
-    if bytes.len() >= 9 && bytes[8] == b'{' {
-        return read_safetensors(bytes);
-    }
-    bail!("unrecognised format: neither safetensors nor a PyTorch checkpoint (zip or legacy pickle)")
 }
 
-fn read_safetensors(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+fn read_safetensors(bytes: &[u8]) -> Result<Parsed> {
     use safetensors::Dtype as D;
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| anyhow!("invalid safetensors file: {e}"))?;
     let mut out = Vec::new();

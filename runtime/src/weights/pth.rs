@@ -1,13 +1,15 @@
-//! PyTorch checkpoint reader that never executes code: parses the pickle with candle's
-//! data-only pickle machine and resolves tensors itself.
+//! PyTorch checkpoint reader that never executes code: parses the pickle with the data-only
+//! machine of [`super::pickle`] and resolves tensors itself.
 //!
 //! Handles both the zip format (torch >= 1.6, `archive/data.pkl` + `archive/data/<key>`) and
 //! the legacy sequential format (magic, protocol, sys_info, object, storage keys, raw storages),
-//! strided tensors, `_rebuild_parameter` wrappers, and state dicts nested under common keys.
+//! strided tensors, `_rebuild_parameter` wrappers, state dicts nested under common keys, and
+//! pickled `nn.Module` trees (`torch.save(model)`, Ultralytics checkpoints), whose `_parameters`,
+//! persistent `_buffers` and `_modules` are walked into `state_dict` names.
 
-use super::Elem;
+use super::{pickle, Elem, Parsed};
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::pickle::{Object, Stack};
+use candle_core::pickle::Object;
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
 
@@ -34,10 +36,13 @@ struct TensorRef {
     stride: Vec<usize>,
 }
 
+/// Parses the pickle at the cursor's position and moves the cursor past it.
 fn parse_pickle(r: &mut Cursor<&[u8]>) -> Result<Object> {
-    let mut stack = Stack::empty();
-    stack.read_loop(r).map_err(|e| anyhow!("bad pickle: {e}"))?;
-    stack.finalize().map_err(|e| anyhow!("bad pickle: {e}"))
+    let start = r.position() as usize;
+    let rest = r.get_ref().get(start..).unwrap_or(&[]);
+    let (obj, len) = pickle::parse(rest).map_err(|e| anyhow!("bad pickle: {e:#}"))?;
+    r.set_position((start + len) as u64);
+    Ok(obj)
 }
 
 fn as_usize(o: &Object) -> Option<usize> {
@@ -136,8 +141,69 @@ fn key_name(k: &Object) -> Option<&str> {
     }
 }
 
-/// Finds the state dict: a dict whose values include tensors, or one nested under a common key.
+/// The state (`__dict__`) of a pickled `nn.Module`, if `o` is one.
+fn module_state(o: &Object) -> Option<&[(Object, Object)]> {
+    let Object::Build { args, .. } = o else { return None };
+    let Object::Dict(state) = args.as_ref() else { return None };
+    let has = |k| state.iter().any(|(key, _)| key_name(key) == Some(k));
+    (has("_modules") && has("_parameters")).then_some(state.as_slice())
+}
+
+/// The value under string key `key`.
+fn field<'a>(items: &'a [(Object, Object)], key: &str) -> Option<&'a Object> {
+    items.iter().find(|(k, _)| key_name(k) == Some(key)).map(|(_, v)| v)
+}
+
+/// Names in a module's `_non_persistent_buffers_set` (buffers left out of its state dict).
+fn non_persistent(state: &[(Object, Object)]) -> Vec<&str> {
+    let Some(Object::Reduce { args, .. }) = field(state, "_non_persistent_buffers_set") else { return vec![] };
+    match args.as_ref() {
+        Object::Tuple(a) => match a.first() {
+            Some(Object::List(items)) => items.iter().filter_map(key_name).collect(),
+            _ => vec![],
+        },
+        _ => vec![],
+    }
+}
+
+/// Appends a pickled module's tensors under their `state_dict` names, as
+/// `nn.Module.state_dict()` orders them: own parameters, own persistent buffers, then each
+/// child's (`None` entries skipped).
+fn module_tensors(state: &[(Object, Object)], prefix: &str, out: &mut Vec<(String, TensorRef)>) -> Result<()> {
+    let skip = non_persistent(state);
+    for (key, kind) in [("_parameters", "parameter"), ("_buffers", "buffer")] {
+        let Some(Object::Dict(items)) = field(state, key) else { continue };
+        for (k, v) in items {
+            let name = key_name(k).with_context(|| format!("module `{prefix}`: {kind} name {k:?}"))?;
+            if matches!(v, Object::None) || (kind == "buffer" && skip.contains(&name)) {
+                continue;
+            }
+            let t = tensor_ref(v)?.with_context(|| format!("{kind} {prefix}{name} is not a plain tensor"))?;
+            out.push((format!("{prefix}{name}"), t));
+        }
+    }
+    if let Some(Object::Dict(children)) = field(state, "_modules") {
+        for (k, child) in children {
+            let name = key_name(k).with_context(|| format!("module `{prefix}`: child name {k:?}"))?;
+            if matches!(child, Object::None) {
+                continue;
+            }
+            let cs = module_state(child).with_context(|| format!("{prefix}{name} is not a pickled nn.Module"))?;
+            module_tensors(cs, &format!("{prefix}{name}."), out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Finds the state dict: a pickled module's tensors, a dict whose values include tensors, or
+/// one of these nested under a common key (`ema` first when it holds a module, as Ultralytics
+/// loads its checkpoints: `ckpt.get("ema") or ckpt["model"]`).
 fn collect(obj: &Object, depth: usize) -> Result<Option<Vec<(String, TensorRef)>>> {
+    if let Some(state) = module_state(obj) {
+        let mut found = Vec::new();
+        module_tensors(state, "", &mut found)?;
+        return Ok((!found.is_empty()).then_some(found));
+    }
     let obj = match obj {
         // A scripted module or an object with state: look at its state.
         Object::Build { args, .. } => args.as_ref(),
@@ -155,6 +221,9 @@ fn collect(obj: &Object, depth: usize) -> Result<Option<Vec<(String, TensorRef)>
     }
     if depth >= 3 {
         return Ok(None);
+    }
+    if let Some(ema) = field(items, "ema").filter(|e| module_state(e).is_some()) {
+        return collect(ema, depth + 1);
     }
     for key in NESTED_KEYS {
         if let Some((_, v)) = items.iter().find(|(k, _)| key_name(k) == Some(key)) {
@@ -211,7 +280,7 @@ fn gather(t: &TensorRef, storage: &[u8]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-fn build(refs: Vec<(String, TensorRef)>, storages: &HashMap<String, Vec<u8>>) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+fn build(refs: Vec<(String, TensorRef)>, storages: &HashMap<String, Vec<u8>>) -> Result<Parsed> {
     let mut out = Vec::with_capacity(refs.len());
     for (name, t) in refs {
         let st = storages
@@ -227,7 +296,7 @@ const NO_STATE_DICT: &str = "no state dict found (expected a dict of tensors, po
      state_dict, model_state_dict, model, module, net, network, params, model_ema, ema, weights)";
 
 /// Reads all tensors of a PyTorch checkpoint held in memory.
-pub(crate) fn read(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub(crate) fn read(bytes: &[u8]) -> Result<Parsed> {
     if bytes.starts_with(b"PK\x03\x04") {
         read_zip(bytes)
     } else if bytes.starts_with(&[0x80, 0x02, 0x8a, 0x0a]) {
@@ -237,7 +306,7 @@ pub(crate) fn read(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> 
     }
 }
 
-fn read_zip(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+fn read_zip(bytes: &[u8]) -> Result<Parsed> {
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).context("not a valid zip archive (truncated?)")?;
     let pkl = zip
         .file_names()
@@ -263,9 +332,8 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
     build(refs, &storages)
 }
 
-fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
-    // The magic number pickle (PROTO 2, LONG1 of 10 bytes, STOP) is checked by hand: candle's
-    // LONG1 decoder would overflow a shift on a 10-byte integer in debug builds.
+fn read_legacy(bytes: &[u8]) -> Result<Parsed> {
+    // The magic number pickle (PROTO 2, LONG1 of 10 bytes, STOP) is checked byte for byte.
     const MAGIC: [u8; 15] = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.'];
     if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
         bail!("legacy PyTorch checkpoint with a wrong magic number");

@@ -299,3 +299,190 @@ fn weights_find_weights() {
     assert!(msg.contains("TLC_WEIGHTS is not set") && msg.contains("export TLC_WEIGHTS="), "{msg}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+// ---- darknet `.weights` ----
+
+/// `../shared/<rel>`, which these tests need: a missing file is a failure, not a skip.
+fn required_shared(rel: &str) -> PathBuf {
+    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/")).join(rel);
+    assert!(p.exists(), "{} is missing: this test requires ../shared beside the repository", p.display());
+    p
+}
+
+/// Reads spec files from disk.
+struct Disk;
+
+impl tlc_compiler::span::SourceLoader for Disk {
+    fn load(&self, path: &str) -> std::result::Result<String, String> {
+        std::fs::read_to_string(path).map_err(|e| e.to_string())
+    }
+}
+
+/// The expected parameter list of a spec (path relative to the repository root).
+fn spec_params(rel: &str) -> Vec<(String, Vec<usize>)> {
+    spec_variant_params(rel, None)
+}
+
+fn spec_variant_params(rel: &str, variant: Option<&str>) -> Vec<(String, Vec<usize>)> {
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(rel);
+    let options = tlc_compiler::Options { variant: variant.map(str::to_string) };
+    let c = tlc_compiler::compile(path.to_str().unwrap(), &Disk, &options);
+    let g = c.graph.unwrap_or_else(|| panic!("{rel} does not compile: {:?}", c.diagnostics));
+    crate::model::expected_params(&g)
+}
+
+fn yolo_fastest() -> (PathBuf, Vec<(String, Vec<usize>)>) {
+    (required_shared("assets/weights/yolo-fastest-1.1.weights"), spec_params("specs/yolo.yaml"))
+}
+
+#[test]
+fn weights_darknet_yolo_fastest_equals_converted_safetensors() {
+    let (dw, expected) = yolo_fastest();
+    let a = Weights::load_for(&dw, &expected).unwrap();
+    let b = Weights::load(&required_shared("assets/weights/yolo-fastest-1.1.safetensors")).unwrap();
+    let ka: Vec<&str> = a.names().collect();
+    let kb: Vec<&str> = b.names().collect();
+    assert_eq!(ka, kb);
+    for (name, tb) in b.iter() {
+        let ta = a.get(name).unwrap();
+        assert_eq!(ta.dims(), tb.dims(), "{name}");
+        let (va, vb) = (values(ta), values(tb));
+        assert!(va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs");
+    }
+    a.check(&expected, false).unwrap();
+    // Other extensions go to content sniffing: the safetensors loads through load_for too.
+    let st = Weights::load_for(&required_shared("assets/weights/yolo-fastest-1.1.safetensors"), &expected).unwrap();
+    assert_eq!(st.len(), b.len());
+}
+
+/// Writes `bytes` to a temporary `.weights` file and loads it for yolo-fastest's parameters.
+fn load_darknet_bytes(tag: &str, bytes: &[u8], expected: &[(String, Vec<usize>)]) -> String {
+    let d = temp_dir(tag);
+    let p = d.join("net.weights");
+    std::fs::write(&p, bytes).unwrap();
+    let err = Weights::load_for(&p, expected).map(|_| ()).unwrap_err().to_string();
+    let _ = std::fs::remove_dir_all(&d);
+    assert!(!err.contains('\n'), "error spans several lines: {err}");
+    assert!(err.contains("net.weights"), "error does not name the file: {err}");
+    err
+}
+
+#[test]
+fn weights_darknet_truncated_file() {
+    let (dw, expected) = yolo_fastest();
+    let bytes = std::fs::read(dw).unwrap();
+    let err = load_darknet_bytes("dn-trunc", &bytes[..bytes.len() - 100], &expected);
+    // The last layer is the 255-channel output conv of the second head (layer 138): bias, then
+    // weights [255, 96, 1, 1] = 97 920 bytes of which 100 are gone.
+    let last = expected.iter().map(|(n, _)| n.split('.').nth(1).unwrap().parse::<usize>().unwrap()).max().unwrap();
+    assert!(err.contains(&format!("layer {last} (layers.{last}.conv.weight")), "{err}");
+    let w = &expected.iter().find(|(n, _)| *n == format!("layers.{last}.conv.weight")).unwrap().1;
+    let need = w.iter().product::<usize>() * 4;
+    assert!(err.contains(&format!("needs {need} bytes, {} left", need - 100)), "{err}");
+    let err = load_darknet_bytes("dn-trunc2", &bytes[..5000], &expected);
+    assert!(err.contains("file too short: layer "), "{err}");
+}
+
+#[test]
+fn weights_darknet_trailing_bytes() {
+    let (dw, expected) = yolo_fastest();
+    let mut bytes = std::fs::read(dw).unwrap();
+    let body = bytes.len() - 20; // yolo-fastest's header is version 0.2.5 + 8-byte `seen`
+    bytes.extend_from_slice(&[0u8; 12]);
+    let err = load_darknet_bytes("dn-trail", &bytes, &expected);
+    assert!(err.contains("12 trailing bytes after layer "), "{err}");
+    assert!(err.contains(&format!("expects {body} bytes")), "{err}");
+}
+
+#[test]
+fn weights_darknet_bad_header() {
+    let (_, expected) = yolo_fastest();
+    let err = load_darknet_bytes("dn-short", &[0, 0, 0, 0, 2, 0], &expected);
+    assert!(err.contains("bad header: the file has 6 bytes"), "{err}");
+    let mut neg = (-1i32).to_le_bytes().to_vec();
+    neg.extend_from_slice(&[0u8; 200]);
+    let err = load_darknet_bytes("dn-neg", &neg, &expected);
+    assert!(err.contains("bad header: version -1.0.0"), "{err}");
+    let mut short_seen = [0i32, 2, 0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    short_seen.extend_from_slice(&[0u8; 4]);
+    let err = load_darknet_bytes("dn-seen", &short_seen, &expected);
+    assert!(err.contains("needs a 20-byte header, the file has 16 bytes"), "{err}");
+    let err = load_darknet_bytes("dn-empty", &[], &expected);
+    assert!(err.contains("bad header"), "{err}");
+}
+
+#[test]
+fn weights_darknet_needs_darknet_names() {
+    let (dw, _) = yolo_fastest();
+    let expected = spec_params("specs/mobilenet_v2.yaml");
+    let err = Weights::load_for(&dw, &expected).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("yolo-fastest-1.1.weights") && err.contains("is not of the form layers.<i>.conv"), "{err}");
+}
+
+// ---- pickled nn.Module trees: Ultralytics release checkpoints, torch.save(model) ----
+
+/// `tests/data/<name>` (made by scripts/make_ultralytics_pt.py).
+fn test_data(name: &str) -> PathBuf {
+    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data")).join(name);
+    assert!(p.exists(), "{} is missing: regenerate it with scripts/make_ultralytics_pt.py", p.display());
+    p
+}
+
+#[test]
+fn weights_ultralytics_release_pt_equals_fixture_in_fp16() {
+    let w = Weights::load(&test_data("yolov8n-formula.pt")).unwrap();
+    let fx = Weights::load(&required_shared("parity/yolov8n/weights.safetensors")).unwrap();
+    let keys: Vec<&str> = w.names().filter(|n| !n.ends_with(IGNORED_SUFFIX)).collect();
+    assert_eq!(keys, fx.names().collect::<Vec<_>>());
+    assert_eq!(w.names().filter(|n| n.ends_with(IGNORED_SUFFIX)).count(), 57);
+    for (name, t) in fx.iter() {
+        let a = w.get(name).unwrap();
+        assert_eq!(a.dims(), t.dims(), "{name}");
+        assert_eq!(a.dtype(), DType::F32, "{name}");
+        let rounded: Vec<u32> = values(t).iter().map(|&x| half::f16::from_f32(x).to_f32().to_bits()).collect();
+        let got: Vec<u32> = values(a).iter().map(|x| x.to_bits()).collect();
+        assert!(got == rounded, "{name}: not the fp16-rounded fixture values");
+    }
+    assert_eq!(values(w.get("model.22.dfl.conv.weight").unwrap()).len(), 16);
+    w.check(&spec_variant_params("specs/yolov8.yaml", Some("n")), false).unwrap();
+}
+
+/// The state_dict keys of scripts/make_ultralytics_pt.py's `Tiny` module.
+const TINY_KEYS: [&str; 13] = [
+    "p_buf",
+    "conv.weight",
+    "conv.bias",
+    "bn.weight",
+    "bn.bias",
+    "bn.running_mean",
+    "bn.running_var",
+    "bn.num_batches_tracked",
+    "a.weight",
+    "a.bias",
+    "b.weight",
+    "b.bias",
+    "seq.1.weight",
+];
+
+#[test]
+fn weights_pickled_module_tree_zip_protocol4_legacy_and_ema() {
+    // tiny-ema-ckpt.pt: {"model": zeros, "ema": the module}, read as Ultralytics does (ema first).
+    for file in ["tiny-module.pt", "tiny-module-p4.pt", "tiny-module-legacy.pt", "tiny-ema-ckpt.pt"] {
+        let w = Weights::load(&test_data(file)).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        let mut want: Vec<&str> = TINY_KEYS.to_vec();
+        want.sort();
+        assert_eq!(w.names().collect::<Vec<_>>(), want, "{file}");
+        assert_eq!(w.get("p_buf").unwrap().dims(), &[3, 2], "{file}");
+        assert_eq!(w.get("a.weight").unwrap().dims(), &[2, 3], "{file}");
+        for (name, t) in w.iter() {
+            let v = values(t);
+            let n = v.len() as f32;
+            let expect: Vec<f32> = if name.ends_with(IGNORED_SUFFIX) {
+                vec![7.0]
+            } else {
+                (0..v.len()).map(|k| k as f32 / 4.0 + n).collect()
+            };
+            assert_eq!(v, expect, "{file}: {name}");
+        }
+    }
+}
