@@ -127,6 +127,9 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
     if !taps.is_empty() && a.save_features.is_none() {
         bail!("--features needs --save-features FILE.safetensors");
     }
+    // Refuse unreadable images before fetching weights or running anything.
+    let files = collect_images(&a.image)?;
+    files.iter().try_for_each(|f| tlc_runtime::preprocess::check_image(f))?;
     let dev = device(&a.device)?;
     let labels = names(&graph.meta.labels);
     let model = pretrained_model(graph, &a.hub.hub(), a.weights.as_deref(), a.allow_missing, &dev)?;
@@ -160,7 +163,6 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
             bail!("with --input a detection spec's raw output can only be saved (--save-output Y.npy); decoding boxes needs --image (the box mapping depends on the original image)");
         }
     } else {
-        let files = collect_images(&a.image)?;
         let pre = &model.graph.meta.preprocess;
         let total = files.len();
         let mut saver = a.save.as_deref().map(|p| Saver::new(p, total)).transpose()?;

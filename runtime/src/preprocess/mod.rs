@@ -21,15 +21,22 @@ pub const LETTERBOX_FILL: u8 = 114;
 /// (not composited), gray is replicated, 16-bit samples keep their high byte.
 /// EXIF orientation is not applied (PIL does not either).
 pub fn load_image(path: &Path) -> Result<DynamicImage> {
-    let decoded = (|| -> Result<DynamicImage> {
-        let reader = image::ImageReader::open(path)?.with_guessed_format()?;
-        if reader.format().is_none() {
-            bail!("unrecognised image format (expected JPEG, PNG, GIF, BMP or WebP)");
-        }
-        Ok(reader.decode()?)
-    })()
-    .with_context(|| format!("cannot read image {}", path.display()))?;
+    let decoded = image_reader(path).and_then(|r| Ok(r.decode()?)).with_context(|| format!("cannot read image {}", path.display()))?;
     Ok(DynamicImage::ImageRgb8(to_rgb8(&decoded)))
+}
+
+/// Checks from its first bytes that `path` is an image tlc can decode, without decoding it
+/// (to fail before a long weights download or forward pass).
+pub fn check_image(path: &Path) -> Result<()> {
+    image_reader(path).map(|_| ()).with_context(|| format!("cannot read image {}", path.display()))
+}
+
+fn image_reader(path: &Path) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
+    let reader = image::ImageReader::open(path)?.with_guessed_format()?;
+    if reader.format().is_none() {
+        bail!("unrecognised image format (expected JPEG, PNG, GIF, BMP or WebP)");
+    }
+    Ok(reader)
 }
 
 /// PIL-style conversion of any decoded image to 8-bit RGB (alpha dropped, high byte of

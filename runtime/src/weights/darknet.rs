@@ -48,9 +48,9 @@ pub(crate) fn read(bytes: &[u8], expected: &[(String, Vec<usize>)]) -> Result<Pa
         }
     }
     if pos != bytes.len() {
-        let last = layers.last().map_or("the header".to_string(), |l| format!("layer {}", l.index));
+        let last = layers.last().map_or(0, |l| l.index);
         bail!(
-            "{} trailing bytes after {last}, the last convolutional layer: the network expects {} bytes \
+            "{} trailing bytes after layer {last}, the last convolutional layer: the network expects {} bytes \
              of parameters (weights of another network?)",
             bytes.len() - pos,
             pos - header
@@ -60,7 +60,7 @@ pub(crate) fn read(bytes: &[u8], expected: &[(String, Vec<usize>)]) -> Result<Pa
 }
 
 /// Length of the header (version and `seen`), checking it is there and plausible.
-fn header_len(bytes: &[u8]) -> Result<usize> {
+pub(crate) fn header_len(bytes: &[u8]) -> Result<usize> {
     let int = |i: usize| bytes.get(4 * i..4 * i + 4).map(|b| i32::from_le_bytes(b.try_into().unwrap()));
     let (Some(major), Some(minor), Some(revision)) = (int(0), int(1), int(2)) else {
         bail!("bad header: the file has {} bytes, fewer than the 12 of darknet's version numbers", bytes.len());
@@ -105,6 +105,9 @@ fn plan(expected: &[(String, Vec<usize>)]) -> Result<Vec<Layer>> {
             );
         };
         by_layer.entry(index).or_default().insert(rest, shape);
+    }
+    if by_layer.is_empty() {
+        bail!("the network has no convolutional layer to read from a darknet .weights file");
     }
     by_layer.into_iter().map(|(index, t)| layer(index, &t)).collect()
 }
@@ -191,7 +194,8 @@ mod tests {
 
     #[test]
     fn weights_darknet_rejects_foreign_parameter_lists() {
-        let cases: [(Names, &str); 4] = [
+        let cases: [(Names, &str); 5] = [
+            (&[], "no convolutional layer"),
             (&[("backbone.conv.weight", &[1, 1, 1, 1])], "backbone.conv.weight"),
             (&[("layers.3.conv.weight", &[1, 1, 1, 1])], "layers.3.conv.bias is missing"),
             (&[("layers.3.conv.weight", &[1, 1, 1, 1]), ("layers.3.bn.weight", &[1])], "either all of"),

@@ -35,16 +35,13 @@ pub fn check_format(path: &Path, file_name: &str) -> Result<()> {
 }
 
 fn check_darknet(head: &[u8], len: u64) -> Result<()> {
-    if head.len() < 16 {
-        bail!("too short for a darknet header ({len} bytes)");
+    let header = super::darknet::header_len(head)? as u64;
+    // Darknet versions are small numbers; text (an error page) read as integers is not.
+    let version_ok = head.chunks_exact(4).take(3).all(|b| i32::from_le_bytes(b.try_into().unwrap()) < 100_000);
+    if !version_ok {
+        bail!("not a darknet header");
     }
-    let int = |i: usize| i32::from_le_bytes(head[4 * i..4 * i + 4].try_into().unwrap());
-    let (major, minor, revision) = (int(0), int(1), int(2));
-    if !(0..1000).contains(&major) || !(0..1000).contains(&minor) || !(0..100_000).contains(&revision) {
-        bail!("not a darknet header (version {major}.{minor}.{revision})");
-    }
-    let header = if major * 10 + minor >= 2 { 20 } else { 16 };
-    if len < header || (len - header) % 4 != 0 {
+    if len < header || !(len - header).is_multiple_of(4) {
         bail!("a darknet file of {len} bytes does not hold whole float32 values after its {header}-byte header");
     }
     Ok(())

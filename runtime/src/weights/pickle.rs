@@ -142,7 +142,7 @@ fn long(b: &[u8]) -> Object {
         return Object::Long(i64::from_le_bytes(buf));
     }
     let mag = b.iter().rev().fold(0f64, |a, &x| a * 256.0 + x as f64);
-    Object::Float(if negative { mag - 2f64.powi(8 * b.len() as i32) } else { mag })
+    Object::Float(if negative { mag - 2f64.powf(8.0 * b.len() as f64) } else { mag })
 }
 
 /// Stack and arena operations.
