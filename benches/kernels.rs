@@ -17,7 +17,7 @@ fn bench(c: &mut Criterion) {
         let w = input(&[co, ci / g, k, k], f32::cos);
         let p = k / 2;
         let name = format!("conv {ci}->{co} {hw}x{hw} k{k} s{s} g{g}");
-        c.bench_function(&format!("{name} fast"), |b| b.iter(|| kernels::fast::conv2d(&x, &w, None, [s, s], [p; 4], [1, 1], g, None).unwrap()));
+        c.bench_function(&format!("{name} fast"), |b| b.iter(|| kernels::fast::conv2d(&x, &w, None, [s, s], [p; 4], [1, 1], g, None, kernels::fast::Isa::detect()).unwrap()));
         c.bench_function(&format!("{name} portable"), |b| b.iter(|| kernels::conv2d(&x, &w, None, [s, s], [p; 4], [1, 1], g).unwrap()));
         if g > 1 {
             c.bench_function(&format!("{name} candle grouped"), |b| b.iter(|| x.conv2d(&w, p, s, 1, g).unwrap()));

@@ -4,6 +4,9 @@ use crate::compile::with_graph;
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use std::time::Instant;
+use tlc_compiler::ir::NodeId;
+use tlc_runtime::kernels::cpu::Isa;
+use tlc_runtime::optimize::OptimizedModel;
 use tlc_runtime::Model;
 
 /// Arguments of `tlc bench`.
@@ -29,6 +32,13 @@ pub struct BenchArgs {
     /// Print `{"median_ms":..., "p90_ms":..., "images_per_s":..., "peak_rss_mb":...}`.
     #[arg(long)]
     pub json: bool,
+    /// Also print the time per op kind on stderr (each node's fastest run over the timed
+    /// passes, summed by kind); `TLC_PROFILE=1` does the same.
+    #[arg(long)]
+    pub profile: bool,
+    /// Kernel level: avx512, avx2 or portable (default: `TLC_ISA`, else the best this CPU has).
+    #[arg(long)]
+    pub isa: Option<String>,
 }
 
 /// Peak resident set size in MiB (`VmHWM` of /proc/self/status), when available.
@@ -37,6 +47,17 @@ fn peak_rss_mb() -> Option<f64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// CPU time of the whole process (all threads, user + system) in ms, from /proc/self/stat
+/// (10 ms ticks), when available.
+fn process_cpu_ms() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10.0)
 }
 
 /// `tlc bench`.
@@ -49,6 +70,43 @@ pub fn bench(a: BenchArgs) -> u8 {
     with_graph(&a.spec, a.variant.as_deref(), |g| run(g, &a))
 }
 
+/// The kernel level from `--isa` or `TLC_ISA`, else the best this CPU has.
+pub fn isa_setting(flag: Option<&str>) -> anyhow::Result<Isa> {
+    let env = std::env::var("TLC_ISA").ok();
+    match flag.or(env.as_deref()) {
+        None => Ok(Isa::detect()),
+        Some(s) => {
+            let isa = Isa::parse(s).ok_or_else(|| anyhow::anyhow!("unknown kernel level `{s}` (expected avx512, avx2 or portable)"))?;
+            if !isa.available() {
+                anyhow::bail!("this CPU does not support {s}");
+            }
+            Ok(isa)
+        }
+    }
+}
+
+/// Per op kind: the sum over its nodes of each node's fastest time, and the node count,
+/// slowest kind first.
+fn profile_table(opt: &OptimizedModel, best: &[f64]) -> Vec<(String, f64, usize)> {
+    let mut rows: Vec<(String, f64, usize)> = Vec::new();
+    for (id, node) in opt.graph.nodes() {
+        let t = best[id.index()];
+        if !t.is_finite() || node.inputs.is_empty() {
+            continue;
+        }
+        let kind = opt.op_kind(id);
+        match rows.iter_mut().find(|r| r.0 == kind) {
+            Some(r) => {
+                r.1 += t;
+                r.2 += 1;
+            }
+            None => rows.push((kind, t, 1)),
+        }
+    }
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    rows
+}
+
 fn run(g: tlc_compiler::ir::Graph, a: &BenchArgs) -> anyhow::Result<()> {
     if a.batch == 0 || a.iters == 0 {
         anyhow::bail!("--batch and --iters must be positive");
@@ -57,23 +115,56 @@ fn run(g: tlc_compiler::ir::Graph, a: &BenchArgs) -> anyhow::Result<()> {
     let input = g.meta.input.clone();
     let model = Model::with_fixture_weights(g, &dev)?;
     let x = Tensor::zeros((a.batch, input[0], input[1], input[2]), DType::F32, &dev)?;
-    let forward: Box<dyn Fn() -> anyhow::Result<Tensor>> = if a.plain {
-        Box::new(move || model.forward(&x))
-    } else {
-        // The plain model's unfolded tensors are dropped: only the optimized view stays.
-        let opt = model.optimized()?;
-        drop(model);
-        Box::new(move || opt.forward(&x))
+    let isa = isa_setting(a.isa.as_deref())?;
+    let profile = a.profile || std::env::var_os("TLC_PROFILE").is_some();
+    if profile && a.plain {
+        anyhow::bail!("--profile times the optimized view; drop --plain");
+    }
+    // The plain model's unfolded tensors are dropped when only the optimized view runs.
+    let (plain, opt) = if a.plain { (Some(model), None) } else { (None, Some(model.optimized_with(isa)?)) };
+    let mut best: Vec<f64> = opt.as_ref().map_or(Vec::new(), |o| vec![f64::INFINITY; o.graph.graph.node_count()]);
+    let mut forward = |timed: bool| -> anyhow::Result<Tensor> {
+        match (&opt, &plain) {
+            (Some(o), _) if profile && timed => {
+                let (y, per) = o.forward_timed(&x)?;
+                best.iter_mut().zip(per).for_each(|(b, t)| *b = b.min(t));
+                Ok(y)
+            }
+            (Some(o), _) => o.forward(&x),
+            (None, Some(m)) => m.forward(&x),
+            (None, None) => anyhow::bail!("no model to run"),
+        }
     };
     for _ in 0..2 {
-        forward()?;
+        forward(false)?;
     }
     let mut ms: Vec<f64> = Vec::with_capacity(a.iters);
+    let cpu0 = process_cpu_ms();
     for _ in 0..a.iters {
         let t = Instant::now();
-        let y = forward()?;
+        let y = forward(true)?;
         drop(y);
         ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    // Mean CPU time per forward: on a loaded machine it moves much less than wall time.
+    let cpu = match (cpu0, process_cpu_ms()) {
+        (Some(a0), Some(a1)) => (a1 - a0) / a.iters as f64,
+        _ => f64::NAN,
+    };
+    if let Some(o) = opt.as_ref().filter(|_| profile) {
+        let rows = profile_table(o, &best);
+        let total: f64 = rows.iter().map(|r| r.1).sum();
+        eprintln!("per op kind ({:?} kernels; each node's fastest of {} passes, summed): {total:.2} ms", o.isa(), a.iters);
+        for (kind, t, n) in rows {
+            eprintln!("{t:9.2} ms {:5.1}% {n:5}x  {kind}", 100.0 * t / total);
+        }
+        let mut nodes: Vec<(f64, NodeId)> = o.graph.nodes().filter(|(id, _)| best[id.index()].is_finite()).map(|(id, _)| (best[id.index()], id)).collect();
+        nodes.sort_by(|a, b| b.0.total_cmp(&a.0));
+        eprintln!("slowest nodes:");
+        for (t, id) in nodes.into_iter().take(12) {
+            let node = o.graph.node(id);
+            eprintln!("{t:9.3} ms  {} ({}, output {:?})", node.name, o.op_kind(id), node.shape.as_deref().unwrap_or(&[]));
+        }
     }
     ms.sort_by(f64::total_cmp);
     let pick = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
@@ -81,10 +172,10 @@ fn run(g: tlc_compiler::ir::Graph, a: &BenchArgs) -> anyhow::Result<()> {
     let ips = a.batch as f64 / (median / 1e3);
     let rss = peak_rss_mb().unwrap_or(f64::NAN);
     if a.json {
-        println!("{}", serde_json::json!({"median_ms": median, "p90_ms": p90, "images_per_s": ips, "peak_rss_mb": rss, "min_ms": ms[0], "max_ms": ms[ms.len() - 1], "iters": a.iters, "batch": a.batch, "threads": rayon_threads(), "optimized": !a.plain}));
+        println!("{}", serde_json::json!({"median_ms": median, "p90_ms": p90, "images_per_s": ips, "peak_rss_mb": rss, "cpu_ms": cpu, "min_ms": ms[0], "max_ms": ms[ms.len() - 1], "iters": a.iters, "batch": a.batch, "threads": rayon_threads(), "optimized": !a.plain}));
     } else {
         println!(
-            "{}: batch {}, {} threads, {} iters{}: median {median:.2} ms, p90 {p90:.2} ms (min {:.2}, max {:.2}), {ips:.1} images/s, peak RSS {rss:.0} MiB",
+            "{}: batch {}, {} threads, {} iters{}: median {median:.2} ms, p90 {p90:.2} ms (min {:.2}, max {:.2}), {ips:.1} images/s, {cpu:.1} ms CPU per forward, peak RSS {rss:.0} MiB",
             a.spec,
             a.batch,
             rayon_threads(),

@@ -7,6 +7,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::*;
 use std::path::Path;
+use tlc_runtime::kernels::cpu::Isa;
 use tlc_runtime::Model;
 
 fn first_divergence(model: &Model, input: &Tensor, manifest: &serde_json::Value) -> String {
@@ -60,7 +61,8 @@ fn error_ratio(out: &Tensor, expected: &Tensor) -> (f64, f64) {
 }
 
 /// Runs one fixture through the plain model and through the optimized inference view
-/// (BatchNorm folded, activations fused, fast kernels); both must meet the tolerance.
+/// (BatchNorm folded, activations fused, fast kernels at every level this CPU has); all must
+/// meet the tolerance.
 fn parity(fixture: &str, spec: &str, variant: Option<&str>, expected_file: &str) {
     let Some(shared) = shared() else {
         eprintln!("skipped: ../shared is not beside the repository");
@@ -79,10 +81,13 @@ fn parity(fixture: &str, spec: &str, variant: Option<&str>, expected_file: &str)
         let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
         panic!("{fixture}: max error {max:.4e} exceeds 1e-3 * std ({:.4e}); {}", 1e-3 * std, first_divergence(&model, &input, &manifest));
     }
-    let optimized = model.optimized().unwrap().forward(&input).unwrap();
-    let (max, std) = error_ratio(&optimized, &expected);
-    eprintln!("{fixture} (optimized): max |out - expected| = {max:.3e}, ratio = {:.3e}", max / std);
-    assert!(max <= 1e-3 * std, "{fixture} (optimized): max error {max:.4e} exceeds 1e-3 * std ({:.4e})", 1e-3 * std);
+    // Every kernel level this CPU has (AVX-512, AVX2, portable) must meet the tolerance.
+    for isa in Isa::all_available() {
+        let optimized = model.optimized_with(isa).unwrap().forward(&input).unwrap();
+        let (max, std) = error_ratio(&optimized, &expected);
+        eprintln!("{fixture} (optimized, {isa:?}): max |out - expected| = {max:.3e}, ratio = {:.3e}", max / std);
+        assert!(max <= 1e-3 * std, "{fixture} (optimized, {isa:?}): max error {max:.4e} exceeds 1e-3 * std ({:.4e})", 1e-3 * std);
+    }
 }
 
 fn exists(spec: &str) -> bool {

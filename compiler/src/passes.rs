@@ -17,6 +17,12 @@
 //!   its folded BatchNorm, no activation) read by nothing else, becomes that conv moved to the
 //!   `Add`'s place with the other operand as a second input ([`Optimized::residual`]); the
 //!   `Add`'s activation becomes the conv's;
+//! * **input fusion** into dense convs ([`ConvInputs`]): a channel `Concat` read only by the
+//!   conv becomes the conv's input *parts* (never built: DenseNet's growing concatenations); an
+//!   unfolded `BatchNorm` (with its fused activation) read only by the conv becomes the conv's
+//!   *prologue*, applied to the input as it is read (DenseNet's pre-activation); a `Mul` by a
+//!   per-channel `[C, 1, 1]` value read only by the conv becomes the conv's *gate*
+//!   (squeeze-excitation);
 //! * **buffer plan**: [`Optimized::last_use`] gives, per node of the new graph, the index of
 //!   its last reader, so a runtime frees every intermediate right after it.
 
@@ -36,6 +42,30 @@ pub struct Fold {
     pub had_bias: bool,
 }
 
+/// A BatchNorm (and the activation fused into it) applied to a conv's input as it is read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prologue {
+    /// Name of the BatchNorm node (its parameters are `<bn>.weight`, ...).
+    pub bn: String,
+    /// The BatchNorm's epsilon.
+    pub eps: f64,
+    /// The activation after it.
+    pub act: Option<Activation>,
+}
+
+/// How a dense conv of the optimized graph reads its inputs: `act(bn(concat(parts))) * gate`
+/// (each piece optional), then the convolution, then the residual (last input, see
+/// [`Optimized::residual`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvInputs {
+    /// Inputs `0..parts` are concatenated along channels (1: a plain input).
+    pub parts: usize,
+    /// The BatchNorm (and activation) on the concatenated input.
+    pub prologue: Option<Prologue>,
+    /// Whether input `parts` is a per-channel gate (`[C, 1, 1]` per sample).
+    pub gate: bool,
+}
+
 /// Counts of what the passes did.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Stats {
@@ -49,6 +79,8 @@ pub struct Stats {
     pub dead: usize,
     /// Residual adds fused into the conv before them.
     pub residual: usize,
+    /// Concats, BatchNorms and gates fused into the conv after them.
+    pub inputs: usize,
 }
 
 /// An optimized view of a graph.
@@ -69,6 +101,8 @@ pub struct Optimized {
     /// output before its activation (a conv, possibly with a folded BatchNorm, read only by
     /// an `Add`, moved to the `Add`'s place and taking the `Add`'s activation).
     pub residual: Vec<bool>,
+    /// Per node of the new graph: for a dense conv whose inputs were fused, how it reads them.
+    pub conv_inputs: Vec<Option<ConvInputs>>,
     /// What was done.
     pub stats: Stats,
 }
@@ -205,14 +239,17 @@ pub fn optimize(g: &Graph) -> Optimized {
             }
         }
     }
+    let (fused_in, absorbed) = input_fusions(g, &nodes, &rep, &live, &act);
+    stats.inputs = absorbed.iter().filter(|&&a| a).count();
     // Build the new graph.
     let mut new_id: Vec<Option<NodeId>> = vec![None; n];
     let mut graph: DiGraph<Node, u32> = DiGraph::new();
     let mut folds = Vec::new();
     let mut acts = Vec::new();
     let mut residual = Vec::new();
+    let mut conv_inputs = Vec::new();
     for i in 0..n {
-        if rep[i] != i || !live[i] || moved[i] {
+        if rep[i] != i || !live[i] || moved[i] || absorbed[i] {
             continue;
         }
         // A fused residual add emits its conv here (the conv's id stays `None`).
@@ -222,7 +259,11 @@ pub fn optimize(g: &Graph) -> Optimized {
         };
         let node = nodes[src];
         let mut nn = node.clone();
-        nn.inputs = node.inputs.iter().map(|x| new_id[rep[x.index()]].expect("inputs come first")).collect();
+        let fused = fused_in[src].as_ref();
+        nn.inputs = match fused {
+            Some((_, ins)) => ins.iter().map(|&x| new_id[x].expect("inputs come first")).collect(),
+            None => node.inputs.iter().map(|x| new_id[rep[x.index()]].expect("inputs come first")).collect(),
+        };
         if let Some(other) = extra {
             nn.inputs.push(new_id[other].expect("inputs come first"));
         }
@@ -244,6 +285,7 @@ pub fn optimize(g: &Graph) -> Optimized {
         }
         acts.push(act[i]);
         residual.push(extra.is_some());
+        conv_inputs.push(fused.map(|(ci, _)| ci.clone()));
         new_id[i] = Some(id);
     }
     let final_stage = |r: usize| if act[r].is_some() { 2 } else if folded_into[r].is_some() { 1 } else { 0 };
@@ -263,7 +305,64 @@ pub fn optimize(g: &Graph) -> Optimized {
         .filter_map(|s| map[s.output.index()].map(|o| crate::ir::Scope { name: s.name.clone(), output: o, block: s.block.clone() }))
         .collect();
     let graph = Graph { meta: g.meta.clone(), graph, output, scopes, param_order: g.param_order.clone() };
-    Optimized { graph, folds, acts, map, last_use, residual, stats }
+    Optimized { graph, folds, acts, map, last_use, residual, conv_inputs, stats }
+}
+
+/// Input fusions into dense convs (see [`ConvInputs`]): per original conv, how it reads its
+/// inputs and the original nodes (representatives) it reads; and the nodes absorbed.
+#[allow(clippy::type_complexity)]
+fn input_fusions(g: &Graph, nodes: &[&Node], rep: &[usize], live: &[bool], act: &[Option<Activation>]) -> (Vec<Option<(ConvInputs, Vec<usize>)>>, Vec<bool>) {
+    let n = nodes.len();
+    // Readers of every value after all rewrites (the caller reads the output).
+    let mut readers = vec![0usize; n];
+    for (i, node) in nodes.iter().enumerate() {
+        if rep[i] == i && live[i] {
+            node.inputs.iter().for_each(|x| readers[rep[x.index()]] += 1);
+        }
+    }
+    readers[rep[g.output.index()]] += 2;
+    let only = |v: usize| readers[v] == 1;
+    let mut fused: Vec<Option<(ConvInputs, Vec<usize>)>> = vec![None; n];
+    let mut absorbed = vec![false; n];
+    for c in 0..n {
+        if rep[c] != c || !live[c] || nodes[c].inputs.len() != 1 || !matches!(nodes[c].op, Op::Conv { groups: 1, .. }) {
+            continue;
+        }
+        let x = rep[nodes[c].inputs[0].index()];
+        let mut ci = ConvInputs { parts: 1, prologue: None, gate: false };
+        let mut src = x;
+        let mut gate = None;
+        if only(x) && matches!(nodes[x].op, Op::Mul) && nodes[x].inputs.len() == 2 {
+            let (a, b) = (nodes[x].inputs[0].index(), nodes[x].inputs[1].index());
+            let per_channel = |v: usize| nodes[v].shape.as_ref().is_some_and(|s| s.len() == 3 && s[1] == 1 && s[2] == 1);
+            let whole = |v: usize| nodes[v].shape.is_some() && nodes[v].shape == nodes[x].shape;
+            let pair = if per_channel(b) && whole(a) { Some((a, b)) } else if per_channel(a) && whole(b) { Some((b, a)) } else { None };
+            if let Some((data, gt)) = pair.filter(|(d, gt)| nodes[*gt].shape.as_ref().map(|s| s[0]) == nodes[*d].shape.as_ref().map(|s| s[0])) {
+                absorbed[x] = true;
+                src = rep[data];
+                gate = Some(rep[gt]);
+                ci.gate = true;
+            }
+        } else if let Op::BatchNorm { eps } = nodes[x].op {
+            if only(x) && nodes[x].inputs.len() == 1 {
+                absorbed[x] = true;
+                ci.prologue = Some(Prologue { bn: nodes[x].name.clone(), eps, act: act[x] });
+                src = rep[nodes[x].inputs[0].index()];
+            }
+        }
+        let mut ins = vec![src];
+        if only(src) && matches!(nodes[src].op, Op::Concat { dim: 1 }) && nodes[src].inputs.len() > 1 {
+            absorbed[src] = true;
+            ins = nodes[src].inputs.iter().map(|v| rep[v.index()]).collect();
+            ci.parts = ins.len();
+        }
+        if ci.parts == 1 && ci.prologue.is_none() && !ci.gate {
+            continue;
+        }
+        ins.extend(gate);
+        fused[c] = Some((ci, ins));
+    }
+    (fused, absorbed)
 }
 
 /// A one-line account of what [`optimize`] did, and the fused chains, for `tlc summary --optimized`.
@@ -273,10 +372,11 @@ pub fn describe(o: &Optimized) -> String {
     let st = o.stats;
     let _ = writeln!(
         s,
-        "optimized: {} BatchNorm folded, {} activations fused, {} residual adds fused, {} identities removed, {} dead nodes removed; {} nodes",
+        "optimized: {} BatchNorm folded, {} activations fused, {} residual adds fused, {} conv inputs fused, {} identities removed, {} dead nodes removed; {} nodes",
         st.folded,
         st.fused,
         st.residual,
+        st.inputs,
         st.identities,
         st.dead,
         o.graph.graph.node_count()
@@ -285,10 +385,22 @@ pub fn describe(o: &Optimized) -> String {
         let fold = o.folds.iter().find(|f| f.node == id);
         let a = o.acts[id.index()];
         let res = o.residual[id.index()];
-        if fold.is_none() && a.is_none() && !res {
+        let ci = o.conv_inputs[id.index()].as_ref();
+        if fold.is_none() && a.is_none() && !res && ci.is_none() {
             continue;
         }
         let mut line = n.name.clone();
+        if let Some(ci) = ci {
+            if ci.parts > 1 {
+                let _ = write!(line, " <- concat of {} parts", ci.parts);
+            }
+            if let Some(p) = &ci.prologue {
+                let _ = write!(line, " <- {}{}", p.bn, p.act.map_or(String::new(), |a| format!(" + {a:?}")));
+            }
+            if ci.gate {
+                let _ = write!(line, " <- gate");
+            }
+        }
         if let Some(f) = fold {
             let _ = write!(line, " + {} (folded)", f.bn);
         }

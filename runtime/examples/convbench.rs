@@ -1,11 +1,27 @@
-//! Micro-benchmark of the fast conv path: `cargo run --release -p tlc-runtime --example convbench`
-//! (RAYON_NUM_THREADS=2; TLC_CONV=gemm for the im2col + gemm crate path). Prints the minimum of 30 runs per case.
+//! Micro-benchmark of the fast conv kernels:
+//! `RAYON_NUM_THREADS=1 cargo run --release -p tlc-runtime --example convbench [avx512|avx2|portable]`
+//! (default: the best level this CPU has). Prints the minimum of 30 runs per case, which a
+//! loaded machine disturbs much less than the mean.
 use candle_core::{Device, Tensor};
 use std::time::Instant;
-use tlc_runtime::kernels::fast;
+use tlc_compiler::ir::Activation;
+use tlc_runtime::kernels::fast::{self, packed::PackedWeights, ConvArgs, Isa};
+
+fn min_ms(run: &dyn Fn() -> Tensor) -> f64 {
+    run();
+    (0..30)
+        .map(|_| {
+            let t = Instant::now();
+            let _y = run();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
+}
 
 fn main() {
-    let cases: &[(usize, usize, usize, usize, usize, usize)] = &[
+    let isa = std::env::args().nth(1).and_then(|s| Isa::parse(&s)).unwrap_or_else(Isa::detect).capped();
+    println!("kernel level {isa:?}");
+    let dense: &[(usize, usize, usize, usize, usize, usize)] = &[
         // (batch, cin, hw, cout, k, stride)
         (1, 64, 56, 64, 3, 1),
         (1, 128, 28, 128, 3, 1),
@@ -15,28 +31,47 @@ fn main() {
         (1, 64, 56, 256, 1, 1),
         (1, 256, 56, 64, 1, 1),
         (1, 1024, 14, 256, 1, 1),
+        (1, 16, 112, 96, 1, 1),
+        (1, 96, 56, 24, 1, 1),
+        (1, 1152, 7, 320, 1, 1),
         (8, 64, 56, 64, 3, 1),
     ];
     let dev = Device::Cpu;
-    for &(n, ci, hw, co, k, s) in cases {
+    for &(n, ci, hw, co, k, s) in dense {
         let x = Tensor::randn(0f32, 1.0, (n, ci, hw, hw), &dev).unwrap();
         let w = Tensor::randn(0f32, 0.1, (co, ci, k, k), &dev).unwrap();
         let b = Tensor::randn(0f32, 0.1, co, &dev).unwrap();
         let p = k / 2;
-        let pw = fast::packed::PackedWeights::new(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), co, ci * k * k, Some(&b.to_vec1::<f32>().unwrap()));
-        let old = std::env::var("TLC_CONV").is_ok_and(|v| v == "gemm");
-        let run = || if !old { fast::conv2d_packed(&x, &pw, [k, k], [s, s], [p; 4], [1, 1], None, Some(tlc_compiler::ir::Activation::Relu)).unwrap().unwrap() } else { fast::conv2d(&x, &w, Some(&b), [s, s], [p; 4], [1, 1], 1, Some(tlc_compiler::ir::Activation::Relu)).unwrap().unwrap() };
-        let y = run();
-        let (_, _, oh, ow) = y.dims4().unwrap();
-        let mut ts: Vec<f64> = (0..30)
+        let pw = PackedWeights::new(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), co, ci * k * k, Some(&b.to_vec1::<f32>().unwrap()), isa);
+        let args = ConvArgs { kernel: [k, k], stride: [s, s], pad: [p; 4], dilation: [1, 1] };
+        for act in [Activation::Relu, Activation::Silu] {
+            let run = || fast::conv2d_packed(&[&x], &pw, &args, None, None, None, Some(act)).unwrap().unwrap();
+            let (_, _, oh, ow) = run().dims4().unwrap();
+            let t = min_ms(&run);
+            let flops = 2.0 * (n * co * oh * ow * ci * k * k) as f64;
+            println!("n{n} {ci:4}->{co:4} {hw:3}x{hw:<3} k{k} s{s} {act:?}: {t:7.3} ms  {:6.1} GFLOP/s", flops / t / 1e6);
+        }
+    }
+    for a in [Activation::Relu, Activation::Silu, Activation::Gelu, Activation::Sigmoid] {
+        let mut v: Vec<f32> = (0..96 * 112 * 112).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
+        let t = (0..10)
             .map(|_| {
                 let t = Instant::now();
-                let _y = run();
+                fast::apply_act(Some(a), &mut v, isa);
                 t.elapsed().as_secs_f64() * 1e3
             })
-            .collect();
-        ts.sort_by(f64::total_cmp);
-        let flops = 2.0 * (n * co * oh * ow * ci * k * k) as f64;
-        println!("n{n} {ci:4}->{co:4} {hw:3}x{hw:<3} k{k} s{s}: {:7.3} ms  {:6.1} GFLOP/s", ts[0], flops / ts[0] / 1e6);
+            .fold(f64::INFINITY, f64::min);
+        println!("{a:?} on {} floats: {t:.3} ms", v.len());
+    }
+    // (batch, channels, hw, k, stride)
+    for &(n, c, hw, k, s) in &[(1, 96, 112, 3, 2), (1, 144, 56, 3, 1), (1, 240, 28, 5, 1), (1, 672, 14, 5, 1), (1, 1152, 7, 5, 1), (1, 96, 56, 7, 1), (8, 144, 56, 3, 1)] {
+        let x = Tensor::randn(0f32, 1.0, (n, c, hw, hw), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (c, 1, k, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, c, &dev).unwrap();
+        let run = || fast::conv2d(&x, &w, Some(&b), [s, s], [k / 2; 4], [1, 1], c, Some(Activation::Silu), isa).unwrap().unwrap();
+        let (_, _, oh, ow) = run().dims4().unwrap();
+        let t = min_ms(&run);
+        let gb = 4.0 * (n * c * (hw * hw + oh * ow)) as f64 / 1e9;
+        println!("n{n} depthwise {c:4} {hw:3}x{hw:<3} k{k} s{s}: {t:7.3} ms  {:6.1} GB/s in+out", gb / (t / 1e3));
     }
 }

@@ -5,7 +5,8 @@
 //! The plain [`Model`] is untouched: parameter names and training keep using it.
 
 use crate::exec::{self, NodeParams, ParamSource};
-use crate::kernels::{self as k, fast};
+use crate::kernels::fast::{self, packed::{Affine, PackedWeights}, ConvArgs, Isa};
+use crate::kernels::{self as k};
 use crate::model::{run_graph, Model};
 use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor};
@@ -26,9 +27,13 @@ pub struct OptimizedModel {
     pub plan: Optimized,
     /// Per unfolded BatchNorm node (new index): per-channel scale and shift.
     affine: HashMap<usize, (Vec<f32>, Vec<f32>)>,
-    /// Per dense conv node (new index), unless `TLC_CONV=gemm`: weights and bias packed once
-    /// for [`fast::packed`].
-    packed: HashMap<usize, fast::packed::PackedWeights>,
+    /// Per conv node (new index) with a BatchNorm prologue: its scale, shift and activation.
+    prologue: HashMap<usize, (Vec<f32>, Vec<f32>, Option<Activation>)>,
+    /// Per dense conv node (new index), on the CPU: weights and bias packed once for
+    /// [`fast::packed`].
+    packed: HashMap<usize, PackedWeights>,
+    /// The instruction-set level of the fast kernels.
+    isa: Isa,
 }
 
 fn vec1(t: &Tensor) -> Result<Vec<f32>> {
@@ -46,15 +51,23 @@ fn bn_affine(params: &HashMap<String, Tensor>, bn: &str, eps: f64) -> Result<(Ve
 }
 
 impl Model {
-    /// The optimized view of this model (see [`OptimizedModel`]).
+    /// The optimized view of this model (see [`OptimizedModel`]) with the best kernels this
+    /// CPU has.
     pub fn optimized(&self) -> Result<OptimizedModel> {
-        OptimizedModel::new(&self.graph, &self.params, &self.device)
+        self.optimized_with(Isa::detect())
+    }
+
+    /// The optimized view with the fast kernels at level `isa` (lowered to what the CPU has).
+    pub fn optimized_with(&self, isa: Isa) -> Result<OptimizedModel> {
+        OptimizedModel::new(&self.graph, &self.params, &self.device, isa)
     }
 }
 
 impl OptimizedModel {
-    /// Optimizes `graph` and folds `params` (the plain model's tensors, by name).
-    pub fn new(graph: &Graph, params: &HashMap<String, Tensor>, device: &Device) -> Result<OptimizedModel> {
+    /// Optimizes `graph` and folds `params` (the plain model's tensors, by name); the fast
+    /// kernels run at level `isa` (lowered to what the CPU has).
+    pub fn new(graph: &Graph, params: &HashMap<String, Tensor>, device: &Device, isa: Isa) -> Result<OptimizedModel> {
+        let isa = isa.capped();
         let plan = passes::optimize(graph);
         let mut out: HashMap<String, Tensor> = HashMap::new();
         for (_, n) in plan.graph.nodes() {
@@ -88,8 +101,15 @@ impl OptimizedModel {
                 affine.insert(id.index(), bn_affine(params, &n.name, eps)?);
             }
         }
+        let mut prologue = HashMap::new();
+        for (i, ci) in plan.conv_inputs.iter().enumerate() {
+            if let Some(pr) = ci.as_ref().and_then(|c| c.prologue.as_ref()) {
+                let (s, t) = bn_affine(params, &pr.bn, pr.eps)?;
+                prologue.insert(i, (s, t, pr.act));
+            }
+        }
         let mut packed = HashMap::new();
-        if fast::use_packed() && device.is_cpu() {
+        if device.is_cpu() {
             for (id, n) in plan.graph.nodes() {
                 if let Op::Conv { groups: 1, out: co, bias, .. } = &n.op {
                     let (Some(w), b) = (out.get(&format!("{}.weight", n.name)), out.get(&format!("{}.bias", n.name))) else { continue };
@@ -98,11 +118,11 @@ impl OptimizedModel {
                     }
                     let wv = vec1(w)?;
                     let bv = if *bias { Some(vec1(b.ok_or_else(|| anyhow!("parameter `{}.bias` is not loaded", n.name))?)?) } else { None };
-                    packed.insert(id.index(), fast::packed::PackedWeights::new(&wv, *co, wv.len() / co, bv.as_deref()));
+                    packed.insert(id.index(), PackedWeights::new(&wv, *co, wv.len() / co, bv.as_deref(), isa));
                 }
             }
         }
-        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine, packed })
+        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine, prologue, packed, isa })
     }
 
     /// Runs the graph on `x` (NCHW) and returns the final output.
@@ -117,76 +137,62 @@ impl OptimizedModel {
             .iter()
             .map(|t| self.plan.map.get(t.index()).copied().flatten().ok_or_else(|| anyhow!("node {} has no value in the optimized graph", t.index())))
             .collect::<Result<_>>()?;
-        // `TLC_PROFILE=1`: time per op kind on stderr.
-        let profile = std::env::var_os("TLC_PROFILE").is_some();
-        let mut prof: Vec<(String, f64, usize)> = Vec::new();
-        let result = run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, node, ins| {
-            let t0 = profile.then(std::time::Instant::now);
+        run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, _, ins| self.eval(id, ins))
+    }
+
+    /// Runs the graph on `x` and also returns the wall time of every node in ms (indexed by
+    /// node of [`OptimizedModel::graph`]; 0 for the input).
+    pub fn forward_timed(&self, x: &Tensor) -> Result<(Tensor, Vec<f64>)> {
+        let mut ms = vec![0.0; self.graph.graph.node_count()];
+        let (y, _) = run_graph(&self.graph, &self.plan.last_use, x, &[], |id, _, ins| {
+            let t0 = std::time::Instant::now();
             let out = self.eval(id, ins)?;
-            if let Some(t0) = t0 {
-                let key = profile_key(&node.op, &out);
-                let dt = t0.elapsed().as_secs_f64() * 1e3;
-                match prof.iter_mut().find(|p| p.0 == key) {
-                    Some(p) => {
-                        p.1 += dt;
-                        p.2 += 1;
-                    }
-                    None => prof.push((key, dt, 1)),
-                }
-            }
+            ms[id.index()] = t0.elapsed().as_secs_f64() * 1e3;
             Ok(out)
-        });
-        if profile {
-            prof.sort_by(|a, b| b.1.total_cmp(&a.1));
-            for (k, t, n) in &prof {
-                eprintln!("{t:9.2} ms {n:5}x  {k}");
+        })?;
+        Ok((y, ms))
+    }
+
+    /// A short description of what node `id` (of [`OptimizedModel::graph`]) computes, for
+    /// grouping a profile by kind: the op, with kernel size and stride for convs.
+    pub fn op_kind(&self, id: NodeId) -> String {
+        let node = self.graph.node(id);
+        match &node.op {
+            Op::Conv { kernel, groups, stride, out, .. } => {
+                let kind = if *groups == 1 { "dense" } else if *groups == *out { "depthwise" } else { "grouped" };
+                format!("Conv {}x{} s{} {kind}", kernel[0], kernel[1], stride[0])
+            }
+            other => {
+                let s = format!("{other:?}");
+                s.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("").to_string()
             }
         }
-        result
+    }
+
+    /// The instruction-set level the fast kernels run at.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     fn eval(&self, id: NodeId, ins: &[Tensor]) -> Result<Tensor> {
         let node = self.graph.node(id);
         let act = self.plan.acts[id.index()];
         let p = NodeParams { node: &node.name, params: &self.params };
+        let isa = self.isa;
         let fast = match &node.op {
-            Op::Conv { stride, padding, dilation, groups, bias, kernel, .. } => {
-                let (_, _, h, w) = ins[0].dims4()?;
-                let pad = resolve_padding(*padding, [h, w], *kernel, *stride, *dilation);
-                let b = if *bias { Some(p.param("bias")?) } else { None };
-                let wt = p.param("weight")?;
-                let res = if self.plan.residual[id.index()] { Some(&ins[1]) } else { None };
-                let packed = match self.packed.get(&id.index()) {
-                    Some(pw) => fast::conv2d_packed(&ins[0], pw, *kernel, *stride, pad, *dilation, res, act)?,
-                    None => None,
-                };
-                match packed {
-                    Some(y) => Some(y),
-                    None => match fast::conv2d_residual(&ins[0], wt, b, *stride, pad, *dilation, *groups, res, act)? {
-                        Some(y) => Some(y),
-                        None => {
-                            let y = k::conv2d(&ins[0], wt, b, *stride, pad, *dilation, *groups)?;
-                            let y = match res {
-                                Some(r) => (y + r)?,
-                                None => y,
-                            };
-                            Some(apply(act, y)?)
-                        }
-                    },
-                }
-            }
+            Op::Conv { .. } => Some(self.conv(id, ins, act)?),
             Op::BatchNorm { .. } => {
                 let (s, t) = &self.affine[&id.index()];
-                fast::channel_affine(&ins[0], s, t, act)?
+                fast::channel_affine(&ins[0], s, t, act, isa)?
             }
             Op::Scale { shape } if act.is_none() && shape.len() == 3 && shape[1] == 1 && shape[2] == 1 && ins[0].rank() == 4 => {
                 let s = vec1(p.param("")?)?;
                 let zeros = vec![0f32; s.len()];
-                fast::channel_affine(&ins[0], &s, &zeros, None)?
+                fast::channel_affine(&ins[0], &s, &zeros, None, isa)?
             }
             Op::ChannelAffine { scale, shift } => {
                 let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
-                fast::channel_affine(&ins[0], &f32s(scale), &f32s(shift), act)?
+                fast::channel_affine(&ins[0], &f32s(scale), &f32s(shift), act, isa)?
             }
             Op::MaxPool { kernel, stride, padding, dilation, ceil } if act.is_none() && ins[0].rank() == 4 => {
                 let (_, _, h, w) = ins[0].dims4()?;
@@ -198,13 +204,17 @@ impl OptimizedModel {
                 let pad = resolve_padding(*padding, [h, w], *kernel, *stride, [1, 1]);
                 fast::pool2d(&ins[0], *kernel, *stride, pad, [1, 1], *ceil, Some(*count_include_pad))?
             }
-            Op::GlobalPool { max } if act.is_none() && ins[0].rank() == 4 => fast::global_pool(&ins[0], *max)?,
+            Op::GlobalPool { max } if act.is_none() && ins[0].rank() == 4 => fast::global_pool(&ins[0], *max, isa)?,
             Op::AdaptiveAvgPool { size } if act.is_none() && ins[0].rank() == 4 && ins[0].dims()[2..] == size[..] => Some(ins[0].clone()),
-            Op::AdaptiveAvgPool { size } if act.is_none() && ins[0].rank() == 4 && *size == [1, 1] => fast::global_pool(&ins[0], false)?,
-            Op::Add if ins.len() == 2 => fast::add_act(&ins[0], &ins[1], act)?,
-            Op::Linear { bias, .. } => fast::linear(&ins[0], p.param("weight")?, if *bias { Some(p.param("bias")?) } else { None }, act)?,
-            Op::LayerNorm { eps, axis } if act.is_none() => fast::layer_norm(&ins[0], p.param("weight")?, p.param("bias")?, *eps, *axis == NormAxis::Channels)?,
-            Op::SelfAttention { heads } if act.is_none() => Some(self_attention(&ins[0], *heads, &p)?),
+            Op::AdaptiveAvgPool { size } if act.is_none() && ins[0].rank() == 4 && *size == [1, 1] => fast::global_pool(&ins[0], false, isa)?,
+            Op::Add if ins.len() == 2 => fast::add_act(&ins[0], &ins[1], act, isa)?,
+            Op::Mul if ins.len() == 2 && act.is_none() && ins[0].rank() == 4 && ins[1].rank() == 4 => match (ins[0].dims4()?, ins[1].dims4()?) {
+                ((_, _, 1, 1), (_, _, h, w)) if h * w > 1 => fast::channel_gate(&ins[1], &ins[0], isa)?,
+                _ => fast::channel_gate(&ins[0], &ins[1], isa)?,
+            },
+            Op::Linear { bias, .. } => fast::linear(&ins[0], p.param("weight")?, if *bias { Some(p.param("bias")?) } else { None }, act, isa)?,
+            Op::LayerNorm { eps, axis } if act.is_none() => fast::layer_norm(&ins[0], p.param("weight")?, p.param("bias")?, *eps, *axis == NormAxis::Channels, isa)?,
+            Op::SelfAttention { heads } if act.is_none() => Some(self_attention(&ins[0], *heads, &p, isa)?),
             _ => None,
         };
         match fast {
@@ -212,6 +222,58 @@ impl OptimizedModel {
             None => apply(act, exec::eval(&node.op, ins, &p)?),
         }
     }
+}
+
+impl OptimizedModel {
+    /// A conv node: the packed kernel with the fused inputs when it applies, else the input
+    /// built (concatenated, BatchNorm + activation, gated) and the plain fast or portable conv.
+    fn conv(&self, id: NodeId, ins: &[Tensor], act: Option<Activation>) -> Result<Tensor> {
+        let node = self.graph.node(id);
+        let Op::Conv { stride, padding, dilation, groups, bias, kernel, .. } = &node.op else { bail!("internal: `{}` is not a conv", node.name) };
+        let fused = self.plan.conv_inputs[id.index()].as_ref();
+        let parts = fused.map_or(1, |f| f.parts);
+        let gate = fused.filter(|f| f.gate).map(|_| &ins[parts]);
+        let res = if self.plan.residual[id.index()] { ins.last() } else { None };
+        let prologue = self.prologue.get(&id.index());
+        let (_, _, h, w) = ins[0].dims4()?;
+        let pad = resolve_padding(*padding, [h, w], *kernel, *stride, *dilation);
+        if let Some(pw) = self.packed.get(&id.index()) {
+            let affine = prologue.map(|(s, t, a)| Affine { scale: s, shift: t, act: *a });
+            let parts: Vec<&Tensor> = ins[..parts].iter().collect();
+            if let Some(y) = fast::conv2d_packed(&parts, pw, &ConvArgs { kernel: *kernel, stride: *stride, pad, dilation: *dilation }, affine, gate, res, act)? {
+                return Ok(y);
+            }
+        }
+        let x = if parts > 1 { Tensor::cat(&ins[..parts], 1)? } else { ins[0].clone() };
+        let x = match prologue {
+            Some((s, t, a)) => apply(*a, channel_affine_any(&x, s, t)?)?,
+            None => x,
+        };
+        let x = match gate {
+            Some(g) => x.broadcast_mul(g)?,
+            None => x,
+        };
+        let p = NodeParams { node: &node.name, params: &self.params };
+        let b = if *bias { Some(p.param("bias")?) } else { None };
+        let wt = p.param("weight")?;
+        if let Some(y) = fast::conv2d_residual(&x, wt, b, *stride, pad, *dilation, *groups, res, act, self.isa)? {
+            return Ok(y);
+        }
+        let y = k::conv2d(&x, wt, b, *stride, pad, *dilation, *groups)?;
+        let y = match res {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        apply(act, y)
+    }
+}
+
+/// `x * scale[c] + shift[c]` on NCHW `x` on any device.
+fn channel_affine_any(x: &Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
+    let c = scale.len();
+    let s = Tensor::from_slice(scale, (1, c, 1, 1), x.device())?;
+    let t = Tensor::from_slice(shift, (1, c, 1, 1), x.device())?;
+    Ok(x.broadcast_mul(&s)?.broadcast_add(&t)?)
 }
 
 fn apply(act: Option<Activation>, x: Tensor) -> Result<Tensor> {
@@ -229,21 +291,11 @@ fn apply(act: Option<Activation>, x: Tensor) -> Result<Tensor> {
     })
 }
 
-fn profile_key(op: &Op, _out: &Tensor) -> String {
-    match op {
-        Op::Conv { kernel, groups, stride, .. } => format!("Conv k{}x{} s{} {}", kernel[0], kernel[1], stride[0], if *groups == 1 { "dense" } else { "grouped" }),
-        other => {
-            let s = format!("{other:?}");
-            s.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("").to_string()
-        }
-    }
-}
-
 /// `nn.MultiheadAttention` self-attention (batch first) with the fast linear layers.
-fn self_attention(x: &Tensor, heads: usize, p: &dyn ParamSource) -> Result<Tensor> {
+fn self_attention(x: &Tensor, heads: usize, p: &dyn ParamSource, isa: Isa) -> Result<Tensor> {
     let lin = |x: &Tensor, w: &str, b: &str| -> Result<Tensor> {
         let (w, b) = (p.param(w)?, p.param(b)?);
-        Ok(match fast::linear(x, w, Some(b), None)? {
+        Ok(match fast::linear(x, w, Some(b), None, isa)? {
             Some(y) => y,
             None => exec::linear(x, w, Some(b))?,
         })
@@ -251,7 +303,7 @@ fn self_attention(x: &Tensor, heads: usize, p: &dyn ParamSource) -> Result<Tenso
     let (n, l, d) = x.dims3()?;
     let hd = d / heads;
     let qkv = lin(x, "in_proj_weight", "in_proj_bias")?;
-    if let Some(o) = fast::attention_qkv(&qkv, heads)? {
+    if let Some(o) = fast::attention_qkv(&qkv, heads, isa)? {
         return lin(&o, "out_proj.weight", "out_proj.bias");
     }
     let split = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i * d, d)?.reshape((n, l, heads, hd))?.transpose(1, 2)?.contiguous()?) };
@@ -276,7 +328,7 @@ mod tests {
         let x = ((x.reshape((2, 3, 4, 5)).unwrap() - 50.0).unwrap() * 0.1).unwrap();
         let want: Vec<f32> = model.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let opt = model.optimized().unwrap();
-        assert!(fast::channel_affine(&x, &[1.0; 3], &[0.0; 3], None).unwrap().is_some(), "the fast kernel applies");
+        assert!(fast::channel_affine(&x, &[1.0; 3], &[0.0; 3], None, Isa::detect()).unwrap().is_some(), "the fast kernel applies");
         let got: Vec<f32> = opt.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(got, want);
         assert!(want.iter().all(|&v| v >= 0.0) && want.iter().any(|&v| v > 0.0));

@@ -1,9 +1,17 @@
-//! Direct depthwise convolution of one plane (one image and channel): every output element
-//! accumulates all its taps in a register before it is stored once. The interior columns
-//! (every tap inside the row) run 8 outputs per AVX2+FMA vector, 32 per step with four
-//! independent accumulators, for stride 1 and 2 (stride 2 reads 16 inputs and keeps the even
-//! lanes); the border columns, other strides and CPUs without AVX2 take the scalar path,
-//! which has the same structure and the same results up to summation order.
+//! Direct depthwise convolution, one plane (image, channel) at a time.
+//!
+//! The plane is first copied into a zero-padded scratch whose columns are split into
+//! `stride` phases (phase `q` holds padded columns `q, q + s, q + 2s, ...`), so that for every
+//! tap the inputs of `V` neighbouring outputs are one contiguous vector load, whatever the
+//! stride, and no output needs a bounds check. Output *units* (one row, `V` columns) then
+//! accumulate all `kh * kw` taps in registers, four units at a time for independent FMA
+//! chains (small 7x7 planes get their parallelism from four rows). Bias, activation and the
+//! plane's sum (a squeeze-excitation pool) are fused. `V` is 16 with AVX-512, 8 with AVX2 and
+//! in the portable loops, which compute the same sums in the same order.
+
+use super::cpu::{act_sum, dispatch, Isa};
+use std::cell::RefCell;
+use tlc_compiler::ir::Activation;
 
 /// Geometry of one depthwise plane.
 #[derive(Clone, Copy, Debug)]
@@ -20,169 +28,242 @@ pub(crate) struct Plane {
     pub dil: [usize; 2],
 }
 
-impl Plane {
-    /// Output columns `[lo, hi)` whose taps all lie inside the row.
-    fn interior(&self) -> (usize, usize) {
-        let (s, p, ext) = (self.stride[1], self.pad[2], (self.kw - 1) * self.dil[1]);
-        let lo = p.div_ceil(s).min(self.ow);
-        // ox * s - p + ext <= w - 1
-        let hi = if self.w + p > ext { ((self.w - 1 + p - ext) / s + 1).min(self.ow) } else { 0 };
-        (lo, hi.max(lo))
+/// The padded, phase-split scratch of one plane and the tap offsets into it.
+pub(crate) struct Layout {
+    g: Plane,
+    /// Lanes per unit.
+    v: usize,
+    /// Units per output row.
+    chunks: usize,
+    /// Width of one phase.
+    wq: usize,
+    /// Floats per padded row (`stride * wq`).
+    rs: usize,
+    /// Padded rows.
+    rows: usize,
+    /// Per tap `(i, j)`: its offset from a unit's first input.
+    offs: Vec<usize>,
+}
+
+impl Layout {
+    /// The layout for `g` at level `isa`.
+    pub fn new(g: Plane, isa: Isa) -> Layout {
+        let v = if isa >= Isa::Avx512 { 16 } else { 8 };
+        let (s, d) = (g.stride[1], g.dil[1]);
+        let chunks = g.ow.div_ceil(v);
+        let wq = chunks * v + (g.kw - 1) * d / s;
+        let rs = s * wq;
+        let rows = (g.oh - 1) * g.stride[0] + (g.kh - 1) * g.dil[0] + 1;
+        let offs = (0..g.kh * g.kw)
+            .map(|t| {
+                let (i, j) = (t / g.kw, t % g.kw);
+                i * g.dil[0] * rs + (j * d % s) * wq + j * d / s
+            })
+            .collect();
+        Layout { g, v, chunks, wq, rs, rows, offs }
+    }
+
+    fn len(&self) -> usize {
+        self.rows * self.rs
+    }
+
+    /// Index of the first input of unit `u` (row `u / chunks`, columns from `(u % chunks) * v`).
+    #[inline(always)]
+    fn base(&self, u: usize) -> usize {
+        (u / self.chunks) * self.g.stride[0] * self.rs + (u % self.chunks) * self.v
+    }
+
+    /// Where unit `u`'s outputs go: (index of the first, how many).
+    #[inline(always)]
+    fn out_span(&self, u: usize) -> (usize, usize) {
+        let (oy, c) = (u / self.chunks, u % self.chunks);
+        let x0 = c * self.v;
+        (oy * self.g.ow + x0, self.v.min(self.g.ow - x0))
+    }
+
+    /// Copies plane `x` (`[h, w]`) into `dst` (`len()` floats): zero padding, phase split.
+    #[inline(always)]
+    fn fill(&self, x: &[f32], dst: &mut [f32]) {
+        let g = &self.g;
+        let s = g.stride[1];
+        let (pt, pl) = (g.pad[0], g.pad[2]);
+        for (pr, drow) in dst.chunks_exact_mut(self.rs).enumerate() {
+            if pr < pt || pr - pt >= g.h {
+                drow.fill(0.0);
+                continue;
+            }
+            let src = &x[(pr - pt) * g.w..][..g.w];
+            if s == 2 {
+                self.fill_row_s2(src, drow);
+                continue;
+            }
+            for (q, ph) in drow.chunks_exact_mut(self.wq).enumerate() {
+                // Phase column t holds input column t * s + q - pl.
+                let lo = if pl > q { (pl - q).div_ceil(s) } else { 0 }.min(self.wq);
+                let hi = ((pl + g.w).saturating_sub(q)).div_ceil(s).clamp(lo, self.wq);
+                ph[..lo].fill(0.0);
+                ph[hi..].fill(0.0);
+                if hi == lo {
+                    continue;
+                }
+                let first = lo * s + q - pl;
+                if s == 1 {
+                    ph[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                } else {
+                    for (t, d) in ph[lo..hi].iter_mut().enumerate() {
+                        *d = src[first + t * s];
+                    }
+                }
+            }
+        }
     }
 }
 
-/// `o[oy, ox] = b0 + sum_{i,j} wc[i, j] * x[oy*s + i*d - p, ox*s + j*d - p]` for one plane.
-pub(crate) fn plane(x: &[f32], wc: &[f32], b0: f32, g: &Plane, o: &mut [f32]) {
+impl Layout {
+    /// [`Layout::fill`] of one row at stride 2: input pairs go to the two phases in one pass
+    /// (a loop the compiler vectorises, unlike two strided gathers).
+    #[inline(always)]
+    fn fill_row_s2(&self, src: &[f32], drow: &mut [f32]) {
+        let (pl, w, wq) = (self.g.pad[2], self.g.w, self.wq);
+        drow.fill(0.0);
+        let (ph0, ph1) = drow.split_at_mut(wq);
+        // Input column ic sits at padded column ic + pl: phase (ic + pl) % 2, index (ic + pl) / 2.
+        // Pairs (src[2u], src[2u + 1]) go to (first, second) starting at `off`.
+        let (first, second, off_a, off_b) = if pl % 2 == 0 { (ph0, ph1, pl / 2, pl / 2) } else { (ph1, ph0, pl / 2, pl / 2 + 1) };
+        let pairs = (w / 2).min(wq.saturating_sub(off_a)).min(wq.saturating_sub(off_b));
+        let (a, b) = (&mut first[off_a..off_a + pairs], &mut second[off_b..off_b + pairs]);
+        for ((da, db), pair) in a.iter_mut().zip(b.iter_mut()).zip(src.chunks_exact(2)) {
+            *da = pair[0];
+            *db = pair[1];
+        }
+        // An odd width leaves one column, and a narrow scratch may not hold every pair.
+        for ic in 2 * pairs..w {
+            let pc = ic + pl;
+            if pc / 2 < wq {
+                drow[(pc % 2) * wq + pc / 2] = src[ic];
+            }
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `o[oy, ox] = act(b0 + sum_{i,j} wc[i, j] * x[oy*s + i*d - p, ox*s + j*d - p])` for one
+/// plane (`o`: `oh * ow` floats); returns the sum of `o` when `want_sum`.
+pub(crate) fn plane(x: &[f32], wc: &[f32], b0: f32, l: &Layout, act: Option<Activation>, want_sum: bool, isa: Isa, o: &mut [f32]) -> f32 {
+    let g = &l.g;
+    assert!(x.len() >= g.h * g.w && wc.len() == g.kh * g.kw && o.len() == g.oh * g.ow, "depthwise plane: bad slice lengths");
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < l.len() {
+            s.resize(l.len(), 0.0);
+        }
+        let scr = &mut s[..l.len()];
+        fill(isa, l, x, scr);
+        compute(scr, wc, b0, l, isa, o);
+    });
+    act_sum(isa, act, o, want_sum)
+}
+
+dispatch! {
+    fn fill(l: &Layout, x: &[f32], dst: &mut [f32]) {
+        l.fill(x, dst)
+    }
+}
+
+fn compute(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, isa: Isa, o: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if (g.stride[1] == 1 || g.stride[1] == 2) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            unsafe { plane_avx2(x, wc, b0, g, o) };
+        if isa >= Isa::Avx512 && l.v == 16 && Isa::Avx512.available() {
+            // SAFETY: the CPU has AVX-512 (checked just above); `Layout` bounds every read
+            // to `scr` (`rows * rs` floats: the last unit's last tap ends at its end); a full
+            // vector is stored only where the unit has all its lanes in `o`, tails go
+            // through a stack buffer.
+            unsafe { units_avx512(scr, wc, b0, l, o) };
+            return;
+        }
+        if isa >= Isa::Avx2 && l.v == 8 && Isa::Avx2.available() {
+            // SAFETY: as above, with AVX2 and FMA.
+            unsafe { units_avx2(scr, wc, b0, l, o) };
             return;
         }
     }
-    plane_scalar(x, wc, b0, g, o)
+    units_portable(scr, wc, b0, l, o)
 }
 
-/// Valid kernel rows `[ilo, ihi)` of output row `oy` and the input row of kernel row 0
-/// (may be negative).
-#[inline(always)]
-fn rows(g: &Plane, oy: usize) -> (usize, usize, isize) {
-    let y0 = (oy * g.stride[0]) as isize - g.pad[0] as isize;
-    let d = g.dil[0] as isize;
-    let mut ilo = 0;
-    while ilo < g.kh && y0 + ilo as isize * d < 0 {
-        ilo += 1;
-    }
-    let mut ihi = g.kh;
-    while ihi > ilo && y0 + (ihi - 1) as isize * d >= g.h as isize {
-        ihi -= 1;
-    }
-    (ilo, ihi, y0)
-}
 
-/// One output element with per-tap bounds checks (borders).
-#[inline(always)]
-fn edge(x: &[f32], wc: &[f32], b0: f32, g: &Plane, ilo: usize, ihi: usize, y0: isize, ox: usize) -> f32 {
-    let x0 = (ox * g.stride[1]) as isize - g.pad[2] as isize;
-    let mut acc = b0;
-    for i in ilo..ihi {
-        let row = &x[(y0 + (i * g.dil[0]) as isize) as usize * g.w..][..g.w];
-        for j in 0..g.kw {
-            let ix = x0 + (j * g.dil[1]) as isize;
-            if ix >= 0 && (ix as usize) < g.w {
-                acc += wc[i * g.kw + j] * row[ix as usize];
+fn units_portable(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, o: &mut [f32]) {
+    let mut acc = [0f32; 8];
+    for u in 0..l.g.oh * l.chunks {
+        let b = l.base(u);
+        acc.fill(b0);
+        for (t, &off) in l.offs.iter().enumerate() {
+            let src = &scr[b + off..][..8];
+            for (a, &x) in acc.iter_mut().zip(src) {
+                *a += wc[t] * x;
             }
         }
-    }
-    acc
-}
-
-fn plane_scalar(x: &[f32], wc: &[f32], b0: f32, g: &Plane, o: &mut [f32]) {
-    let (xlo, xhi) = g.interior();
-    for oy in 0..g.oh {
-        let (ilo, ihi, y0) = rows(g, oy);
-        let orow = &mut o[oy * g.ow..(oy + 1) * g.ow];
-        for ox in (0..xlo).chain(xhi..g.ow) {
-            orow[ox] = edge(x, wc, b0, g, ilo, ihi, y0, ox);
-        }
-        for ox in xlo..xhi {
-            let x0 = ox * g.stride[1] - g.pad[2];
-            let mut acc = b0;
-            for i in ilo..ihi {
-                let row = &x[(y0 + (i * g.dil[0]) as isize) as usize * g.w..][..g.w];
-                for j in 0..g.kw {
-                    acc += wc[i * g.kw + j] * row[x0 + j * g.dil[1]];
-                }
-            }
-            orow[ox] = acc;
-        }
+        let (at, n) = l.out_span(u);
+        o[at..at + n].copy_from_slice(&acc[..n]);
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn plane_avx2(x: &[f32], wc: &[f32], b0: f32, g: &Plane, o: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let (xlo, xhi) = g.interior();
-    let s = g.stride[1];
-    // Vector loads must stay inside the row: stride 1 reads 8 inputs from the first tap of
-    // `ox`, stride 2 reads 16.
-    // A chunk of 8 outputs starting at `ox` is vectorised when all 8 are interior and its
-    // widest load stays inside the row: `ox*s - p + span + 8*s <= w`. `vlim`: chunk starts
-    // below it qualify.
-    let span = (g.kw - 1) * g.dil[1];
-    let vlim = if g.w + g.pad[2] >= span + 8 * s && xhi >= 8 { ((g.w + g.pad[2] - span - 8 * s) / s + 1).min(xhi - 7) } else { 0 };
-    let bias = _mm256_set1_ps(b0);
-    let wp = wc.as_ptr();
-    let xp = x.as_ptr();
-    // Loads 8 outputs' worth of inputs starting at input column `ix` of row `r`.
-    #[inline(always)]
-    unsafe fn load(r: *const f32, ix: usize, s: usize) -> __m256 {
-        if s == 1 {
-            _mm256_loadu_ps(r.add(ix))
-        } else {
-            let a = _mm256_loadu_ps(r.add(ix));
-            let b = _mm256_loadu_ps(r.add(ix + 8));
-            // [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6]
-            let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
-            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)))
-        }
-    }
-    for oy in 0..g.oh {
-        let (ilo, ihi, y0) = rows(g, oy);
-        let orow = o.as_mut_ptr().add(oy * g.ow);
-        for ox in (0..xlo).chain(xhi.max(xlo)..g.ow) {
-            *orow.add(ox) = edge(x, wc, b0, g, ilo, ihi, y0, ox);
-        }
-        let mut ox = xlo;
-        while ox + 24 < vlim {
-            let (mut a0, mut a1, mut a2, mut a3) = (bias, bias, bias, bias);
-            let x0 = ox * s - g.pad[2];
-            for i in ilo..ihi {
-                let r = xp.add((y0 + (i * g.dil[0]) as isize) as usize * g.w);
-                for j in 0..g.kw {
-                    let wv = _mm256_set1_ps(*wp.add(i * g.kw + j));
-                    let ix = x0 + j * g.dil[1];
-                    a0 = _mm256_fmadd_ps(wv, load(r, ix, s), a0);
-                    a1 = _mm256_fmadd_ps(wv, load(r, ix + 8 * s, s), a1);
-                    a2 = _mm256_fmadd_ps(wv, load(r, ix + 16 * s, s), a2);
-                    a3 = _mm256_fmadd_ps(wv, load(r, ix + 24 * s, s), a3);
+/// The vector loop for one level: four units at a time, then one at a time.
+macro_rules! units_simd {
+    ($name:ident, $feat:literal, $lanes:literal, $vec:ty, $set1:ident, $load:ident, $fma:ident, $store:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, o: &mut [f32]) {
+            use std::arch::x86_64::*;
+            let units = l.g.oh * l.chunks;
+            let end = l.len();
+            let sp = scr.as_ptr();
+            let bias = $set1(b0);
+            let mut tmp = [[0f32; $lanes]; 4];
+            let mut u = 0;
+            while u + 4 <= units {
+                let bs = [l.base(u), l.base(u + 1), l.base(u + 2), l.base(u + 3)];
+                debug_assert!(bs[3] + l.offs[l.offs.len() - 1] + $lanes <= end);
+                let (mut a0, mut a1, mut a2, mut a3): ($vec, $vec, $vec, $vec) = (bias, bias, bias, bias);
+                for (t, &off) in l.offs.iter().enumerate() {
+                    let w = $set1(*wc.get_unchecked(t));
+                    a0 = $fma(w, $load(sp.add(bs[0] + off)), a0);
+                    a1 = $fma(w, $load(sp.add(bs[1] + off)), a1);
+                    a2 = $fma(w, $load(sp.add(bs[2] + off)), a2);
+                    a3 = $fma(w, $load(sp.add(bs[3] + off)), a3);
                 }
-            }
-            _mm256_storeu_ps(orow.add(ox), a0);
-            _mm256_storeu_ps(orow.add(ox + 8), a1);
-            _mm256_storeu_ps(orow.add(ox + 16), a2);
-            _mm256_storeu_ps(orow.add(ox + 24), a3);
-            ox += 32;
-        }
-        while ox < vlim {
-            let mut a0 = bias;
-            let x0 = ox * s - g.pad[2];
-            for i in ilo..ihi {
-                let r = xp.add((y0 + (i * g.dil[0]) as isize) as usize * g.w);
-                for j in 0..g.kw {
-                    let wv = _mm256_set1_ps(*wp.add(i * g.kw + j));
-                    a0 = _mm256_fmadd_ps(wv, load(r, x0 + j * g.dil[1], s), a0);
+                for (k, a) in [a0, a1, a2, a3].into_iter().enumerate() {
+                    let (at, n) = l.out_span(u + k);
+                    if n == $lanes {
+                        $store(o.as_mut_ptr().add(at), a);
+                    } else {
+                        $store(tmp[k].as_mut_ptr(), a);
+                        o[at..at + n].copy_from_slice(&tmp[k][..n]);
+                    }
                 }
+                u += 4;
             }
-            _mm256_storeu_ps(orow.add(ox), a0);
-            ox += 8;
-        }
-        while ox < xhi {
-            let x0 = ox * s - g.pad[2];
-            let mut acc = b0;
-            for i in ilo..ihi {
-                let r = xp.add((y0 + (i * g.dil[0]) as isize) as usize * g.w);
-                for j in 0..g.kw {
-                    acc += *wp.add(i * g.kw + j) * *r.add(x0 + j * g.dil[1]);
+            while u < units {
+                let b = l.base(u);
+                debug_assert!(b + l.offs[l.offs.len() - 1] + $lanes <= end);
+                let mut a0: $vec = bias;
+                for (t, &off) in l.offs.iter().enumerate() {
+                    a0 = $fma($set1(*wc.get_unchecked(t)), $load(sp.add(b + off)), a0);
                 }
+                $store(tmp[0].as_mut_ptr(), a0);
+                let (at, n) = l.out_span(u);
+                o[at..at + n].copy_from_slice(&tmp[0][..n]);
+                u += 1;
             }
-            *orow.add(ox) = acc;
-            ox += 1;
+            let _ = end;
         }
-    }
+    };
 }
+
+units_simd!(units_avx2, "avx2,fma", 8, __m256, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps);
+units_simd!(units_avx512, "avx512f,avx2,fma", 16, __m512, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps);
 
 #[cfg(test)]
 mod tests {
@@ -209,35 +290,39 @@ mod tests {
     }
 
     #[test]
-    fn planes_match_naive() {
-        // (h, w, k, stride, pad, dil)
-        for &(h, w, k, s, p, d) in &[
-            (56, 56, 3, 1, 1, 1),
-            (112, 112, 3, 2, 1, 1),
-            (57, 71, 3, 2, 0, 1),
-            (28, 28, 5, 1, 2, 1),
-            (29, 45, 5, 2, 2, 1),
-            (56, 56, 7, 1, 3, 1),
-            (14, 90, 7, 1, 3, 1),
-            (40, 40, 3, 1, 2, 2),
-            (40, 77, 3, 2, 2, 2),
-            (7, 7, 3, 1, 1, 1),
-            (9, 100, 3, 3, 1, 1),
-            (3, 5, 7, 1, 3, 1),
+    fn planes_match_naive_at_every_level() {
+        // (h, w, kh, kw, stride, pad [t, b, l, r], dil)
+        for &(h, w, kh, kw, s, p, d) in &[
+            (56, 56, 3, 3, [1, 1], [1; 4], 1),
+            (112, 112, 3, 3, [2, 2], [1; 4], 1),
+            (57, 71, 3, 3, [2, 2], [0; 4], 1),
+            (28, 28, 5, 5, [1, 1], [2; 4], 1),
+            (29, 45, 5, 5, [2, 2], [2; 4], 1),
+            (56, 56, 7, 7, [1, 1], [3; 4], 1),
+            (14, 90, 7, 7, [1, 1], [3; 4], 1),
+            (40, 40, 3, 3, [1, 1], [2; 4], 2),
+            (40, 77, 3, 3, [2, 2], [2; 4], 2),
+            (7, 7, 3, 3, [1, 1], [1; 4], 1),
+            (7, 7, 5, 5, [1, 1], [2; 4], 1),
+            (9, 100, 3, 3, [3, 3], [1; 4], 1),
+            (3, 5, 7, 7, [1, 1], [3; 4], 1),
+            (10, 9, 3, 3, [2, 2], [0, 1, 0, 1], 1),
+            (12, 13, 2, 4, [1, 3], [1, 0, 2, 1], 1),
         ] {
-            let oh = (h + 2 * p - d * (k - 1) - 1) / s + 1;
-            let ow = (w + 2 * p - d * (k - 1) - 1) / s + 1;
-            let g = Plane { h, w, kh: k, kw: k, oh, ow, stride: [s, s], pad: [p; 4], dil: [d, d] };
+            let oh = (h + p[0] + p[1] - d * (kh - 1) - 1) / s[0] + 1;
+            let ow = (w + p[2] + p[3] - d * (kw - 1) - 1) / s[1] + 1;
+            let g = Plane { h, w, kh, kw, oh, ow, stride: s, pad: p, dil: [d, d] };
             let x: Vec<f32> = (0..h * w).map(|i| (0.37 * i as f32 + 0.1).sin()).collect();
-            let wc: Vec<f32> = (0..k * k).map(|i| (0.53 * i as f32).cos()).collect();
+            let wc: Vec<f32> = (0..kh * kw).map(|i| (0.53 * i as f32).cos()).collect();
             let want = naive(&x, &wc, 0.25, &g);
-            let mut got = vec![f32::NAN; oh * ow];
-            plane(&x, &wc, 0.25, &g, &mut got);
-            let mut got_s = vec![f32::NAN; oh * ow];
-            plane_scalar(&x, &wc, 0.25, &g, &mut got_s);
-            for (a, b) in [(&got, &want), (&got_s, &want)] {
-                let worst = a.iter().zip(b.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, |m, v| if v.is_nan() { f32::INFINITY } else { m.max(v) });
-                assert!(worst < 1e-4, "{h}x{w} k{k} s{s} p{p} d{d}: {worst}");
+            for isa in Isa::all_available() {
+                let l = Layout::new(g, isa);
+                let mut got = vec![f32::NAN; oh * ow];
+                let sum = plane(&x, &wc, 0.25, &l, None, true, isa, &mut got);
+                let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, |m, v| if v.is_nan() { f32::INFINITY } else { m.max(v) });
+                assert!(worst < 1e-4, "{isa:?} {h}x{w} k{kh}x{kw} s{s:?} p{p:?} d{d}: {worst}");
+                let want_sum: f32 = want.iter().sum();
+                assert!((sum - want_sum).abs() < 1e-3 * (1.0 + want_sum.abs()), "{isa:?}: sum {sum} vs {want_sum}");
             }
         }
     }

@@ -6,6 +6,7 @@
 
 mod act;
 mod conv;
+pub mod cpu;
 mod depthwise;
 mod norm;
 mod pool;

@@ -1,0 +1,260 @@
+//! Convolution entry points on tensors: dense convs through [`packed`] (weights packed per
+//! call, or once by the caller with [`conv2d_packed`]), depthwise through
+//! [`crate::kernels::depthwise`], other grouped convs as im2col + one GEMM per group.
+
+use super::gemm::{gemm, Mat};
+use super::packed::{self, Affine, ConvInput, PackedWeights};
+use super::{threads, uninit_vec, with_f32, Geo, Isa};
+use crate::kernels::cpu;
+use crate::kernels::depthwise::{self, Layout, Plane};
+use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
+use rayon::prelude::*;
+use tlc_compiler::ir::Activation;
+
+/// Convolution (PyTorch `F.conv2d` semantics, padding `[top, bottom, left, right]`) with
+/// fused bias and activation. `Ok(None)` when the fast path does not apply.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: [usize; 2], pad: [usize; 4], dilation: [usize; 2], groups: usize, act: Option<Activation>, isa: Isa) -> Result<Option<Tensor>> {
+    conv2d_residual(x, w, bias, stride, pad, dilation, groups, None, act, isa)
+}
+
+/// [`conv2d`] with `act(conv + residual)` (`residual` of the output's shape).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_residual(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: [usize; 2],
+    pad: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
+    residual: Option<&Tensor>,
+    act: Option<Activation>,
+    isa: Isa,
+) -> Result<Option<Tensor>> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (co, cig, kh, kw) = w.dims4()?;
+    if groups == 0 || c % groups != 0 || co % groups != 0 || cig * groups != c {
+        return Ok(None);
+    }
+    let Some(g) = Geo::new(c, h, wd, [kh, kw], stride, pad, dilation) else { return Ok(None) };
+    let bias_v: Option<Vec<f32>> = match bias {
+        Some(b) => match with_f32(b, |v| v.to_vec()) {
+            Some(v) if v.len() == co => Some(v),
+            _ => return Ok(None),
+        },
+        None => None,
+    };
+    let (oh, ow) = g.out_hw();
+    if residual.is_some_and(|r| r.dims() != [n, co, oh, ow]) {
+        return Ok(None);
+    }
+    if groups == c && co == c && groups > 1 && residual.is_none() {
+        let out = with_f32(x, |xs| with_f32(w, |ws| depthwise(xs, ws, bias_v.as_deref(), n, &g, act, None, isa)));
+        return wrap(out.flatten(), (n, co, oh, ow));
+    }
+    if groups == 1 {
+        let Some(ws) = with_f32(w, |v| v.to_vec()) else { return Ok(None) };
+        let pw = PackedWeights::new(&ws, co, cig * kh * kw, bias_v.as_deref(), isa);
+        return conv2d_packed(&[x], &pw, &ConvArgs { kernel: [kh, kw], stride, pad, dilation }, None, None, residual, act);
+    }
+    let res_v: Option<Vec<f32>> = match residual {
+        Some(r) => match with_f32(r, |v| v.to_vec()) {
+            Some(v) => Some(v),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    let out = with_f32(x, |xs| with_f32(w, |ws| grouped_conv(xs, ws, bias_v.as_deref(), n, co, groups, &g, res_v.as_deref(), act, isa)));
+    wrap(out.flatten(), (n, co, oh, ow))
+}
+
+fn wrap(v: Option<Vec<f32>>, shape: (usize, usize, usize, usize)) -> Result<Option<Tensor>> {
+    match v {
+        Some(v) => Ok(Some(Tensor::from_vec(v, shape, &Device::Cpu)?)),
+        None => Ok(None),
+    }
+}
+
+/// Kernel size, stride, padding `[top, bottom, left, right]` and dilation of a conv.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvArgs {
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// `[top, bottom, left, right]`.
+    pub pad: [usize; 4],
+    /// `[dh, dw]`.
+    pub dilation: [usize; 2],
+}
+
+/// Runs `f` on the contiguous f32 CPU data of every tensor in `ts`, or returns `None`.
+fn with_f32_all<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Option<R> {
+    if ts.iter().any(|t| t.track_op() || !t.device().is_cpu()) {
+        return None;
+    }
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut views = Vec::with_capacity(ts.len());
+    for (storage, layout) in &guards {
+        let (start, end) = layout.contiguous_offsets()?;
+        match &**storage {
+            Storage::Cpu(CpuStorage::F32(v)) => views.push(&v[start..end]),
+            _ => return None,
+        }
+    }
+    Some(f(&views))
+}
+
+/// Dense convolution with weights packed once ([`PackedWeights`], bias included) over the
+/// channels of `parts` in order (a concatenation along dim 1 that is never built), each input
+/// value mapped by `affine` and multiplied by `gate` (`[n, c]` or `[n, c, 1, 1]`) on its way
+/// in; then `+ residual` (a tensor of the output's shape) and `act`.
+/// `Ok(None)` when it does not apply.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_packed(
+    parts: &[&Tensor],
+    pw: &PackedWeights,
+    args: &ConvArgs,
+    affine: Option<Affine>,
+    gate: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    act: Option<Activation>,
+) -> Result<Option<Tensor>> {
+    let Some(first) = parts.first() else { return Ok(None) };
+    let (n, _, h, wd) = first.dims4()?;
+    let mut chans = Vec::with_capacity(parts.len());
+    for t in parts {
+        let (pn, pc, ph, pwd) = t.dims4()?;
+        if (pn, ph, pwd) != (n, h, wd) {
+            return Ok(None);
+        }
+        chans.push(pc);
+    }
+    let c: usize = chans.iter().sum();
+    let Some(g) = Geo::new(c, h, wd, args.kernel, args.stride, args.pad, args.dilation) else { return Ok(None) };
+    let (oh, ow) = g.out_hw();
+    let co = pw.co;
+    if pw.k != c * args.kernel[0] * args.kernel[1]
+        || residual.is_some_and(|r| r.dims() != [n, co, oh, ow])
+        || gate.is_some_and(|t| t.elem_count() != n * c)
+        || affine.is_some_and(|a| a.scale.len() != c || a.shift.len() != c)
+    {
+        return Ok(None);
+    }
+    let mut all: Vec<&Tensor> = parts.to_vec();
+    all.extend(gate);
+    all.extend(residual);
+    let out = with_f32_all(&all, |views| {
+        let input = ConvInput {
+            parts: views[..parts.len()].iter().zip(&chans).map(|(v, &ci)| (*v, ci)).collect(),
+            affine,
+            gate: gate.map(|_| views[parts.len()]),
+        };
+        let res = residual.map(|_| views[views.len() - 1]);
+        packed::conv(&input, pw, n, &g, res, act)
+    });
+    wrap(out, (n, co, oh, ow))
+}
+
+/// Grouped (not depthwise) convolution: im2col and one GEMM per image and group.
+#[allow(clippy::too_many_arguments)]
+fn grouped_conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, co: usize, groups: usize, g: &Geo, residual: Option<&[f32]>, act: Option<Activation>, isa: Isa) -> Vec<f32> {
+    let p = g.oh * g.ow;
+    let (cg, cog) = (g.c / groups, co / groups);
+    let k = cg * g.kh * g.kw;
+    let mut out = vec![0f32; n * co * p];
+    let mut col = vec![0f32; k * p];
+    for b in 0..n {
+        let xb = &x[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w];
+        let ob = &mut out[b * co * p..(b + 1) * co * p];
+        // The GEMM accumulates onto bias (+ residual) already in place.
+        ob.par_chunks_mut(p).enumerate().for_each(|(ch, row)| {
+            let v = bias.map_or(0.0, |bv| bv[ch]);
+            match residual {
+                Some(r) => row.iter_mut().zip(&r[(b * co + ch) * p..][..p]).for_each(|(d, s)| *d = s + v),
+                None => row.fill(v),
+            }
+        });
+        for gi in 0..groups {
+            im2col(xb, g, gi * cg, cg, &mut col);
+            let lhs = Mat::rows(&w[gi * cog * k..(gi + 1) * cog * k], cog, k);
+            gemm(&mut ob[gi * cog * p..(gi + 1) * cog * p], p, true, lhs, Mat::rows(&col, k, p), 1.0, threads());
+        }
+        if let Some(a) = act {
+            let chunk = (co * p).div_ceil(threads() * 4).max(1024);
+            ob.par_chunks_mut(chunk).for_each(|v| cpu::act(isa, a, v));
+        }
+    }
+    out
+}
+
+/// `[lo, hi)` of output positions whose input index `o * s + off - p` lies in `0..n`.
+#[inline(always)]
+fn valid_range(out: usize, s: usize, off: usize, p: usize, n: usize) -> (usize, usize) {
+    // o * s + off >= p  and  o * s + off < p + n
+    let lo = if off >= p { 0 } else { (p - off).div_ceil(s) };
+    let hi = if p + n > off { (p + n - off).div_ceil(s) } else { 0 };
+    (lo.min(out), hi.min(out).max(lo.min(out)))
+}
+
+/// Fills the im2col matrix rows for channels `c0..c0+cg` of one image: row `(c, i, j)`,
+/// column `oy * ow + ox`.
+fn im2col(x: &[f32], g: &Geo, c0: usize, cg: usize, col: &mut [f32]) {
+    let p = g.oh * g.ow;
+    let rows_per_c = g.kh * g.kw;
+    let chunk = (cg * rows_per_c).div_ceil(threads() * 4).max(1);
+    col.par_chunks_mut(p * chunk).enumerate().for_each(|(ci, block)| {
+        for (ri, row) in block.chunks_mut(p).enumerate() {
+            let r = ci * chunk + ri;
+            let (c, t) = (c0 + r / rows_per_c, r % rows_per_c);
+            let (i, j) = (t / g.kw, t % g.kw);
+            let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+            let (ylo, yhi) = valid_range(g.oh, g.stride[0], i * g.dil[0], g.pad[0], g.h);
+            let (xlo, xhi) = valid_range(g.ow, g.stride[1], j * g.dil[1], g.pad[2], g.w);
+            row[..ylo * g.ow].fill(0.0);
+            row[yhi * g.ow..].fill(0.0);
+            for oy in ylo..yhi {
+                let iy = oy * g.stride[0] + i * g.dil[0] - g.pad[0];
+                let src = &plane[iy * g.w..(iy + 1) * g.w];
+                let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                dst[..xlo].fill(0.0);
+                dst[xhi..].fill(0.0);
+                if xhi > xlo {
+                    let x0 = xlo * g.stride[1] + j * g.dil[1] - g.pad[2];
+                    for (k, d) in dst[xlo..xhi].iter_mut().enumerate() {
+                        *d = src[x0 + k * g.stride[1]];
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Direct depthwise convolution ([`depthwise`]): planes (image, channel) in parallel, bias
+/// and activation fused; with `pooled`, each plane's mean (after the activation) is written
+/// to `pooled[plane]` (a squeeze-excitation pool for free).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn depthwise(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, g: &Geo, act: Option<Activation>, pooled: Option<&mut [f32]>, isa: Isa) -> Vec<f32> {
+    let (oh, ow) = (g.oh, g.ow);
+    let taps = g.kh * g.kw;
+    let plane = Plane { h: g.h, w: g.w, kh: g.kh, kw: g.kw, oh, ow, stride: g.stride, pad: g.pad, dil: g.dil };
+    let layout = Layout::new(plane, isa);
+    // Every plane is written whole by `depthwise::plane`.
+    let mut out = uninit_vec(n * g.c * oh * ow);
+    let want = pooled.is_some();
+    let sums: Vec<f32> = out
+        .par_chunks_mut(oh * ow)
+        .enumerate()
+        .map(|(pi, o)| {
+            let c = pi % g.c;
+            let xi = &x[pi * g.h * g.w..(pi + 1) * g.h * g.w];
+            depthwise::plane(xi, &w[c * taps..(c + 1) * taps], bias.map_or(0.0, |b| b[c]), &layout, act, want, isa, o)
+        })
+        .collect();
+    if let Some(p) = pooled {
+        let inv = 1.0 / (oh * ow) as f32;
+        p.iter_mut().zip(&sums).for_each(|(d, s)| *d = s * inv);
+    }
+    out
+}

@@ -1,0 +1,166 @@
+//! The fast kernels against the portable candle-based ones, at every level this CPU has.
+
+use super::packed::{Affine, PackedWeights};
+use super::*;
+use crate::kernels::testutil::*;
+use candle_core::Device;
+
+use super::*;
+use crate::kernels::testutil::*;
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn fast_conv_matches_portable() {
+    // (x shape, w shape, stride, pad, dilation, groups)
+    let cases: &[([usize; 4], [usize; 4], [usize; 2], [usize; 4], [usize; 2], usize)] = &[
+        ([1, 8, 9, 9], [6, 8, 3, 3], [1, 1], [1; 4], [1, 1], 1),
+        ([2, 8, 9, 10], [6, 8, 3, 3], [2, 2], [1; 4], [1, 1], 1),
+        ([1, 8, 9, 9], [6, 8, 1, 1], [1, 1], [0; 4], [1, 1], 1),
+        ([1, 8, 9, 9], [6, 8, 1, 1], [2, 2], [0; 4], [1, 1], 1),
+        ([1, 3, 15, 15], [4, 3, 7, 7], [2, 2], [3; 4], [1, 1], 1),
+        ([1, 4, 6, 6], [4, 2, 3, 3], [2, 3], [0, 1, 1, 2], [1, 1], 2),
+        ([1, 2, 7, 7], [2, 2, 3, 3], [1, 1], [2, 2, 1, 1], [2, 1], 1),
+        ([1, 2, 5, 6], [3, 2, 1, 7], [2, 1], [0, 0, 3, 3], [1, 1], 1),
+        ([2, 5, 9, 9], [5, 1, 3, 3], [1, 1], [1; 4], [1, 1], 5),
+        ([1, 5, 10, 9], [5, 1, 3, 3], [2, 2], [0, 1, 0, 1], [1, 1], 5),
+        ([1, 5, 11, 11], [5, 1, 5, 5], [2, 2], [2; 4], [1, 1], 5),
+        ([1, 3, 7, 7], [3, 1, 3, 3], [1, 1], [2; 4], [2, 2], 3),
+        ([1, 4, 7, 7], [4, 1, 7, 7], [1, 1], [3; 4], [1, 1], 4),
+    ];
+    for (xs, wsh, s, p, d, g) in cases {
+        let x = sin_input(xs);
+        let w = cos_input(wsh, 0.3);
+        let b = cos_input(&[wsh[0]], 0.1);
+        for act in [None, Some(Activation::Relu), Some(Activation::Silu)] {
+            let want = crate::kernels::conv2d(&x, &w, Some(&b), *s, *p, *d, *g).unwrap();
+            let want = match act {
+                None => want,
+                Some(Activation::Relu) => want.relu().unwrap(),
+                _ => want.silu().unwrap(),
+            };
+            for isa in Isa::all_available() {
+                let got = conv2d(&x, &w, Some(&b), *s, *p, *d, *g, act, isa).unwrap().expect("fast path applies");
+                assert_eq!(got.dims(), want.dims(), "{xs:?} {wsh:?}");
+                assert!(max_diff(&got, &want) < 1e-4, "{isa:?} {xs:?} {wsh:?} {s:?} {p:?} {d:?} {g}: {}", max_diff(&got, &want));
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_and_layer_norm() {
+    let x = sin_input(&[2, 5, 7]);
+    let w = cos_input(&[6, 7], 0.3);
+    let b = cos_input(&[6], 0.1);
+    let want = crate::exec::linear(&x, &w, Some(&b)).unwrap().gelu_erf().unwrap();
+    let got = linear(&x, &w, Some(&b), Some(Activation::Gelu), Isa::Avx2.capped()).unwrap().unwrap();
+    assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+    let g = cos_input(&[7], 1.0);
+    let want = crate::kernels::layer_norm_last(&x, &g, &b.narrow(0, 0, 6).unwrap().pad_with_zeros(0, 0, 1).unwrap(), 1e-6).unwrap();
+    let got = layer_norm(&x, &g, &b.narrow(0, 0, 6).unwrap().pad_with_zeros(0, 0, 1).unwrap(), 1e-6, false, Isa::detect()).unwrap().unwrap();
+    assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+    let x = sin_input(&[2, 3, 4, 5]);
+    let g = cos_input(&[3], 1.0);
+    let bb = cos_input(&[3], 0.2);
+    let want = crate::kernels::layer_norm_channels(&x, &g, &bb, 1e-6).unwrap();
+    let got = layer_norm(&x, &g, &bb, 1e-6, true, Isa::detect()).unwrap().unwrap();
+    assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+}
+
+#[test]
+fn pooling_matches_portable() {
+    // (x shape, kernel, stride, pad, dilation, ceil, count_include_pad)
+    let cases: &[([usize; 4], [usize; 2], [usize; 2], [usize; 4], [usize; 2], bool, bool)] = &[
+        ([1, 3, 12, 12], [3, 3], [2, 2], [1; 4], [1, 1], false, true),
+        ([2, 2, 11, 13], [3, 3], [2, 2], [0; 4], [1, 1], true, true),
+        ([1, 2, 9, 9], [3, 3], [1, 1], [1; 4], [1, 1], false, true),
+        ([1, 2, 9, 9], [3, 3], [1, 1], [1; 4], [1, 1], false, false),
+        ([1, 2, 8, 8], [2, 2], [2, 2], [0; 4], [1, 1], false, true),
+        ([1, 2, 10, 7], [3, 2], [2, 1], [1, 0, 0, 1], [1, 1], true, false),
+        ([1, 2, 10, 10], [3, 3], [1, 1], [2; 4], [2, 2], false, true),
+    ];
+    for (xs, k, s, p, d, ceil, cip) in cases {
+        let x = sin_input(xs);
+        let want = crate::kernels::max_pool2d(&x, *k, *s, *p, *d, *ceil).unwrap();
+        let got = pool2d(&x, *k, *s, *p, *d, *ceil, None).unwrap().unwrap();
+        assert_eq!(got.dims(), want.dims());
+        assert!(max_diff(&got, &want) < 1e-6, "max {xs:?} {k:?}");
+        if *d == [1, 1] {
+            let want = crate::kernels::avg_pool2d(&x, *k, *s, *p, *ceil, *cip).unwrap();
+            let got = pool2d(&x, *k, *s, *p, *d, *ceil, Some(*cip)).unwrap().unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_diff(&got, &want) < 1e-5, "avg {xs:?} {k:?} {cip}");
+        }
+    }
+    let x = sin_input(&[2, 3, 5, 7]);
+    let got = global_pool(&x, false, Isa::detect()).unwrap().unwrap();
+    assert!(max_diff(&got, &x.mean_keepdim(3).unwrap().mean_keepdim(2).unwrap()) < 1e-6);
+    let got = global_pool(&x, true, Isa::detect()).unwrap().unwrap();
+    assert!(max_diff(&got, &x.max_keepdim(3).unwrap().max_keepdim(2).unwrap()) < 1e-6);
+}
+
+#[test]
+fn attention_matches_portable() {
+    let (n, l, heads, hd) = (2, 13, 3, 4);
+    let d = heads * hd;
+    let qkv = sin_input(&[n, l, 3 * d]);
+    let split = |i: usize| qkv.narrow(2, i * d, d).unwrap().reshape((n, l, heads, hd)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    let want = crate::kernels::attention(&split(0), &split(1), &split(2), None).unwrap().transpose(1, 2).unwrap().reshape((n, l, d)).unwrap();
+    let got = attention_qkv(&qkv, heads, Isa::detect()).unwrap().unwrap();
+    assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+}
+
+#[test]
+fn affine_and_add() {
+    let x = sin_input(&[2, 3, 4, 5]);
+    let y = cos_input(&[2, 3, 4, 5], 1.0);
+    let got = channel_affine(&x, &[1.0, 2.0, -1.0], &[0.5, 0.0, 1.0], Some(Activation::Relu6), Isa::detect()).unwrap().unwrap();
+    let s = Tensor::new(&[1f32, 2.0, -1.0], &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
+    let t = Tensor::new(&[0.5f32, 0.0, 1.0], &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
+    let want = x.broadcast_mul(&s).unwrap().broadcast_add(&t).unwrap().clamp(0f32, 6f32).unwrap();
+    assert!(max_diff(&got, &want) < 1e-6);
+    let got = add_act(&x, &y, Some(Activation::Relu), Isa::detect()).unwrap().unwrap();
+    assert!(max_diff(&got, &(&x + &y).unwrap().relu().unwrap()) < 1e-6);
+}
+
+#[test]
+fn channel_gate_matches_broadcast_mul() {
+    let x = sin_input(&[2, 3, 4, 5]);
+    let g = cos_input(&[2, 3, 1, 1], 1.0);
+    for isa in Isa::all_available() {
+        let got = channel_gate(&x, &g, isa).unwrap().unwrap();
+        assert!(max_diff(&got, &x.broadcast_mul(&g).unwrap()) < 1e-6, "{isa:?}");
+    }
+}
+
+/// A packed conv over two channel parts with a BatchNorm + ReLU prologue and a gate equals
+/// the portable conv of `relu(x * s + t) * gate` on the concatenation.
+#[test]
+fn packed_prologue_parts_and_gate() {
+    let (n, h, w) = (2, 9, 10);
+    let a = sin_input(&[n, 3, h, w]);
+    let b = cos_input(&[n, 2, h, w], 1.5);
+    let wt = cos_input(&[7, 5, 3, 3], 0.3);
+    let bias = cos_input(&[7], 0.1);
+    let scale = [0.5f32, -1.0, 2.0, 0.25, 1.5];
+    let shift = [0.1f32, 0.2, -0.3, 0.0, 0.05];
+    let gate = cos_input(&[n, 5, 1, 1], 1.0);
+    let cat = Tensor::cat(&[&a, &b], 1).unwrap();
+    let st = Tensor::new(&scale, &Device::Cpu).unwrap().reshape((1, 5, 1, 1)).unwrap();
+    let tt = Tensor::new(&shift, &Device::Cpu).unwrap().reshape((1, 5, 1, 1)).unwrap();
+    let pre = cat.broadcast_mul(&st).unwrap().broadcast_add(&tt).unwrap().relu().unwrap().broadcast_mul(&gate).unwrap();
+    let args = ConvArgs { kernel: [3, 3], stride: [2, 1], pad: [1, 0, 1, 1], dilation: [1, 1] };
+    let want = crate::kernels::conv2d(&pre, &wt, Some(&bias), args.stride, args.pad, args.dilation, 1).unwrap();
+    let wv: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
+    let bv: Vec<f32> = bias.to_vec1().unwrap();
+    for isa in Isa::all_available() {
+        let pw = PackedWeights::new(&wv, 7, 45, Some(&bv), isa);
+        let affine = Affine { scale: &scale, shift: &shift, act: Some(Activation::Relu) };
+        let got = conv2d_packed(&[&a, &b], &pw, &args, Some(affine), Some(&gate), None, None).unwrap().unwrap();
+        assert_eq!(got.dims(), want.dims());
+        assert!(max_diff(&got, &want) < 1e-4, "{isa:?}: {}", max_diff(&got, &want));
+    }
+}
