@@ -7,9 +7,9 @@ use std::time::Instant;
 use tlc_compiler::ir::Activation;
 use tlc_runtime::kernels::fast::{self, packed::PackedWeights, ConvArgs, Isa};
 
-fn min_ms(run: &dyn Fn() -> Tensor) -> f64 {
+fn min_ms(run: &dyn Fn() -> Tensor, reps: usize) -> f64 {
     run();
-    (0..30)
+    (0..reps)
         .map(|_| {
             let t = Instant::now();
             let _y = run();
@@ -19,7 +19,12 @@ fn min_ms(run: &dyn Fn() -> Tensor) -> f64 {
 }
 
 fn main() {
-    let isa = std::env::args().nth(1).and_then(|s| Isa::parse(&s)).unwrap_or_else(Isa::detect).capped();
+    let args: Vec<String> = std::env::args().collect();
+    let isa = args.get(1).and_then(|s| Isa::parse(s)).unwrap_or_else(Isa::detect).capped();
+    // Optional: repetitions (30) and a substring of the case names to run only those (for
+    // instruction counts under callgrind: `convbench avx2 1 "128->  32"`).
+    let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30);
+    let only = args.get(3).cloned().unwrap_or_default();
     println!("kernel level {isa:?}");
     let dense: &[(usize, usize, usize, usize, usize, usize)] = &[
         // (batch, cin, hw, cout, k, stride)
@@ -34,6 +39,9 @@ fn main() {
         (1, 16, 112, 96, 1, 1),
         (1, 96, 56, 24, 1, 1),
         (1, 1152, 7, 320, 1, 1),
+        (1, 128, 56, 32, 3, 1),
+        (1, 128, 14, 32, 3, 1),
+        (1, 512, 28, 128, 1, 1),
         (8, 64, 56, 64, 3, 1),
     ];
     let dev = Device::Cpu;
@@ -42,19 +50,23 @@ fn main() {
         let w = Tensor::randn(0f32, 0.1, (co, ci, k, k), &dev).unwrap();
         let b = Tensor::randn(0f32, 0.1, co, &dev).unwrap();
         let p = k / 2;
+        let name = format!("n{n} {ci:4}->{co:4} {hw:3}x{hw:<3} k{k} s{s}");
+        if !name.contains(&only) {
+            continue;
+        }
         let pw = PackedWeights::new(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), co, ci * k * k, Some(&b.to_vec1::<f32>().unwrap()), isa);
         let args = ConvArgs { kernel: [k, k], stride: [s, s], pad: [p; 4], dilation: [1, 1] };
-        for act in [Activation::Relu, Activation::Silu] {
+        for act in [Activation::Relu] {
             let run = || fast::conv2d_packed(&[&x], &pw, &args, None, None, None, Some(act)).unwrap().unwrap();
             let (_, _, oh, ow) = run().dims4().unwrap();
-            let t = min_ms(&run);
+            let t = min_ms(&run, reps);
             let flops = 2.0 * (n * co * oh * ow * ci * k * k) as f64;
-            println!("n{n} {ci:4}->{co:4} {hw:3}x{hw:<3} k{k} s{s} {act:?}: {t:7.3} ms  {:6.1} GFLOP/s", flops / t / 1e6);
+            println!("{name} {act:?}: {t:7.3} ms  {:6.1} GFLOP/s", flops / t / 1e6);
         }
     }
-    for a in [Activation::Relu, Activation::Silu, Activation::Gelu, Activation::Sigmoid] {
+    for a in [Activation::Relu, Activation::Silu, Activation::Gelu, Activation::Sigmoid].into_iter().filter(|a| format!("{a:?}").contains(&only)) {
         let mut v: Vec<f32> = (0..96 * 112 * 112).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
-        let t = (0..10)
+        let t = (0..reps.min(10))
             .map(|_| {
                 let t = Instant::now();
                 fast::apply_act(Some(a), &mut v, isa);
@@ -65,13 +77,17 @@ fn main() {
     }
     // (batch, channels, hw, k, stride)
     for &(n, c, hw, k, s) in &[(1, 96, 112, 3, 2), (1, 144, 56, 3, 1), (1, 240, 28, 5, 1), (1, 672, 14, 5, 1), (1, 1152, 7, 5, 1), (1, 96, 56, 7, 1), (8, 144, 56, 3, 1)] {
+        let name = format!("n{n} depthwise {c:4} {hw:3}x{hw:<3} k{k} s{s}");
+        if !name.contains(&only) {
+            continue;
+        }
         let x = Tensor::randn(0f32, 1.0, (n, c, hw, hw), &dev).unwrap();
         let w = Tensor::randn(0f32, 0.1, (c, 1, k, k), &dev).unwrap();
         let b = Tensor::randn(0f32, 0.1, c, &dev).unwrap();
         let run = || fast::conv2d(&x, &w, Some(&b), [s, s], [k / 2; 4], [1, 1], c, Some(Activation::Silu), isa).unwrap().unwrap();
         let (_, _, oh, ow) = run().dims4().unwrap();
-        let t = min_ms(&run);
+        let t = min_ms(&run, reps);
         let gb = 4.0 * (n * c * (hw * hw + oh * ow)) as f64 / 1e9;
-        println!("n{n} depthwise {c:4} {hw:3}x{hw:<3} k{k} s{s}: {t:7.3} ms  {:6.1} GB/s in+out", gb / (t / 1e3));
+        println!("{name}: {t:7.3} ms  {:6.1} GB/s in+out", gb / (t / 1e3));
     }
 }

@@ -204,34 +204,28 @@ fn sum_slice(v: &[f32]) -> f32 {
 #[inline(always)]
 pub(crate) fn act_slice(a: Activation, v: &mut [f32]) {
     match a {
-        Activation::Relu => map16(v, |x| x.max(0.0)),
-        Activation::Relu6 => map16(v, |x| x.clamp(0.0, 6.0)),
+        // Selects rather than `f32::max`/`clamp` (whose NaN rules do not vectorise as well);
+        // NaN maps to 0 (ReLU) and stays NaN (ReLU6), as before.
+        Activation::Relu => map_all(v, |x| if x > 0.0 { x } else { 0.0 }),
+        Activation::Relu6 => map_all(v, |x| if x < 0.0 { 0.0 } else if x > 6.0 { 6.0 } else { x }),
         Activation::LeakyRelu(s) => {
             let s = s as f32;
-            map16(v, |x| if x < 0.0 { x * s } else { x })
+            map_all(v, |x| if x < 0.0 { x * s } else { x })
         }
-        Activation::Silu => map16(v, |x| x / (1.0 + exp_f32(-x))),
-        Activation::HardSwish => map16(v, |x| x * (x + 3.0).clamp(0.0, 6.0) / 6.0),
-        Activation::HardSigmoid => map16(v, |x| (x + 3.0).clamp(0.0, 6.0) / 6.0),
-        Activation::Sigmoid => map16(v, |x| 1.0 / (1.0 + exp_f32(-x))),
+        Activation::Silu => map_all(v, |x| x / (1.0 + exp_f32(-x))),
+        Activation::HardSwish => map_all(v, |x| x * (x + 3.0).clamp(0.0, 6.0) / 6.0),
+        Activation::HardSigmoid => map_all(v, |x| (x + 3.0).clamp(0.0, 6.0) / 6.0),
+        Activation::Sigmoid => map_all(v, |x| 1.0 / (1.0 + exp_f32(-x))),
         Activation::Tanh => v.iter_mut().for_each(|x| *x = x.tanh()),
-        Activation::Gelu => map16(v, |x| 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))),
+        Activation::Gelu => map_all(v, |x| 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))),
     }
 }
 
-/// `x = f(x)` over `v` in blocks of 16 (a fixed-length inner loop vectorises whatever the
-/// slice's length), then the tail.
+/// `x = f(x)` over `v` (one plain loop: the compiler vectorises it; blocks of fixed length
+/// would make it vectorise across blocks with gathers instead).
 #[inline(always)]
-pub(crate) fn map16(v: &mut [f32], f: impl Fn(f32) -> f32) {
-    let mut blocks = v.chunks_exact_mut(16);
-    for b in &mut blocks {
-        for x in b.iter_mut() {
-            *x = f(*x);
-        }
-    }
-    for x in blocks.into_remainder() {
-        *x = f(*x);
-    }
+pub(crate) fn map_all(v: &mut [f32], f: impl Fn(f32) -> f32) {
+    v.iter_mut().for_each(|x| *x = f(*x));
 }
 
 /// `erf` as a rational function on [-4, 4] (Eigen's/XLA's single-precision approximation,

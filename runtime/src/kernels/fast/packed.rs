@@ -11,7 +11,8 @@
 //!   concatenation that is never built), and each value may go through a per-channel affine map
 //!   and activation (a BatchNorm before the conv) and a per-image, per-channel gate
 //!   (squeeze-excitation) on its way into the panel; padding stays zero.
-//! * Micro-kernels per level ([`Isa`]): AVX-512 8x32, AVX2+FMA 6x16, portable 4x8 loops.
+//! * Micro-kernels per level ([`Isa`]): AVX-512 16x16 (8x32 for channel counts that are not
+//!   multiples of 16), AVX2+FMA 6x16, portable 4x8 loops.
 //! * Tasks are (image, spatial tile, output-channel chunk) triples over the rayon pool, so a
 //!   batch runs as one parallel loop and small late-stage maps split over channels (their
 //!   tiles are then packed once, shared by the chunks).
@@ -31,12 +32,38 @@ const KC_MAX: usize = 256;
 /// Weight panels per m-block inside a task.
 const MCP: usize = 16;
 
-/// `(MR, NR)`: output channels and positions per micro-tile at a level.
-fn tile_shape(isa: Isa) -> (usize, usize) {
-    match isa {
-        Isa::Avx512 => (8, 32),
-        Isa::Avx2 => (6, 16),
-        Isa::Portable => (4, 8),
+/// A micro-kernel: `C[MR, NR] (+)= A[MR, kc] * B[kc, NR]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Micro {
+    /// Plain loops, 4x8.
+    Portable,
+    /// AVX2+FMA 6x16 (12 accumulators, each A value broadcast once for two vectors).
+    Avx2,
+    /// AVX-512 16x16 (one B vector per k; the A broadcasts fold into the FMAs).
+    Avx512Tall,
+    /// AVX-512 8x32, for output channel counts that 16 would pad much (24, 40, ...).
+    Avx512Wide,
+}
+
+impl Micro {
+    /// The kernel for `co` output channels at level `isa`.
+    fn choose(isa: Isa, co: usize) -> Micro {
+        match isa {
+            Isa::Avx512 if co % 16 == 0 || co >= 128 => Micro::Avx512Tall,
+            Isa::Avx512 => Micro::Avx512Wide,
+            Isa::Avx2 => Micro::Avx2,
+            Isa::Portable => Micro::Portable,
+        }
+    }
+
+    /// `(MR, NR)`: output channels and positions per micro-tile.
+    fn shape(self) -> (usize, usize) {
+        match self {
+            Micro::Portable => (4, 8),
+            Micro::Avx2 => (6, 16),
+            Micro::Avx512Tall => (16, 16),
+            Micro::Avx512Wide => (8, 32),
+        }
     }
 }
 
@@ -49,7 +76,9 @@ pub struct PackedWeights {
     /// Reduction length `c * kh * kw`.
     pub k: usize,
     isa: Isa,
+    micro: Micro,
     mr: usize,
+    nr: usize,
     kc: usize,
     mpad: usize,
     data: Vec<f32>,
@@ -62,7 +91,8 @@ impl PackedWeights {
     pub fn new(w: &[f32], co: usize, k: usize, bias: Option<&[f32]>, isa: Isa) -> PackedWeights {
         assert!(w.len() == co * k && bias.is_none_or(|b| b.len() == co), "packed weights: bad lengths");
         let isa = isa.capped();
-        let (mr, _) = tile_shape(isa);
+        let micro = Micro::choose(isa, co);
+        let (mr, nr) = micro.shape();
         let mpad = co.div_ceil(mr) * mr;
         let kc = k.div_ceil(k.div_ceil(KC_MAX).max(1)).max(1);
         let mut data = vec![0f32; mpad * k];
@@ -84,7 +114,7 @@ impl PackedWeights {
         if let Some(bias) = bias {
             b[..co].copy_from_slice(bias);
         }
-        PackedWeights { co, k, isa, mr, kc, mpad, data, bias: b }
+        PackedWeights { co, k, isa, micro, mr, nr, kc, mpad, data, bias: b }
     }
 
     /// The level these weights were packed for.
@@ -139,6 +169,8 @@ struct Source<'a> {
     c: usize,
     hw: usize,
     isa: Isa,
+    /// No prologue: values are copied as they are.
+    plain: bool,
 }
 
 impl<'a> Source<'a> {
@@ -150,7 +182,7 @@ impl<'a> Source<'a> {
         assert!(input.affine.is_none_or(|a| a.scale.len() == c && a.shift.len() == c), "packed conv: affine length");
         assert!(input.gate.is_none_or(|gt| gt.len() == n * c), "packed conv: gate length");
         let chans = input.parts.iter().enumerate().flat_map(|(pi, (_, ci))| (0..*ci).map(move |ch| (pi, ch))).collect();
-        Source { input, chans, c, hw, isa }
+        Source { input, chans, c, hw, isa, plain: input.affine.is_none() && input.gate.is_none() }
     }
 
     /// Plane `ch` of image `b`.
@@ -164,6 +196,9 @@ impl<'a> Source<'a> {
     /// Maps values of channel `ch` of image `b` copied into `seg` (affine, activation, gate).
     #[inline(always)]
     fn transform(&self, b: usize, ch: usize, seg: &mut [f32]) {
+        if self.plain {
+            return;
+        }
         let (s, t, act) = match &self.input.affine {
             Some(a) => (a.scale[ch], a.shift[ch], a.act),
             None => (1.0, 0.0, None),
@@ -172,24 +207,61 @@ impl<'a> Source<'a> {
         cpu::affine_act(self.isa, seg, s, t, act, m);
     }
 
-    fn plain(&self) -> bool {
-        self.input.affine.is_none() && self.input.gate.is_none()
-    }
 }
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// A stretch of a tile's columns that lies in one output row and one micro-panel.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    /// Micro-panel.
+    jp: usize,
+    /// First column within the micro-panel.
+    off: usize,
+    /// Output row and column of the first column.
+    oy: usize,
+    ox: usize,
+    len: usize,
+}
+
+/// Most runs a tile can have: every column its own row, plus a split per micro-panel.
+const MAX_RUNS: usize = NB + NB / 8;
+
+/// The runs of output columns `n0..n0+nb` with micro-panels `nr` wide; returns their count.
+fn tile_runs(ow: usize, n0: usize, nb: usize, nr: usize, runs: &mut [Run; MAX_RUNS]) -> usize {
+    let mut count = 0;
+    let mut col = n0;
+    while col < n0 + nb {
+        let (oy, ox) = (col / ow, col % ow);
+        let (jp, off) = ((col - n0) / nr, (col - n0) % nr);
+        let len = (ow - ox).min(nr - off).min(n0 + nb - col);
+        runs[count] = Run { jp, off, oy, ox, len };
+        count += 1;
+        col += len;
+    }
+    count
+}
+
 /// Packs rows `k0..k0+kcl` of the im2col matrix of image `b`, columns `n0..n0+nb`, as
-/// micro-panels `[jp][kk][nr]` (columns past `nb` are zero).
+/// micro-panels `[jp][kk][nr]` (columns past `nb` are zero). The tile's runs of columns
+/// within one output row are found once; each k-row then copies them from its plane.
 #[allow(clippy::too_many_arguments)]
 fn pack_b(src: &Source, b: usize, g: &Geo, k0: usize, kcl: usize, n0: usize, nb: usize, nr: usize, dst: &mut [f32]) {
     let taps = g.kh * g.kw;
     let np = nb.div_ceil(nr);
-    let plain = src.plain();
-    // A 1x1, stride-1, unpadded conv reads the planes as they are.
+    let tail = np * nr - nb;
+    let mut runs = [Run::default(); MAX_RUNS];
+    // A 1x1, stride-1, unpadded conv reads the planes as they are: one run per micro-panel.
     let pointwise = taps == 1 && g.stride == [1, 1] && g.pad == [0; 4];
+    let count = if pointwise {
+        (0..np).for_each(|jp| runs[jp] = Run { jp, off: 0, oy: 0, ox: n0 + jp * nr, len: nr.min(nb - jp * nr) });
+        np
+    } else {
+        tile_runs(g.ow, n0, nb, nr, &mut runs)
+    };
+    let runs = &runs[..count];
     for kk in 0..kcl {
         let r = k0 + kk;
         let (c, t) = (r / taps, r % taps);
@@ -197,98 +269,81 @@ fn pack_b(src: &Source, b: usize, g: &Geo, k0: usize, kcl: usize, n0: usize, nb:
         let plane = src.plane(b, c);
         let yoff = (i * g.dil[0]) as isize - g.pad[0] as isize;
         let xoff = (j * g.dil[1]) as isize - g.pad[2] as isize;
-        for jp in 0..np {
-            let d = &mut dst[(jp * kcl + kk) * nr..][..nr];
-            let lo = n0 + jp * nr;
-            let hi = (lo + nr).min(n0 + nb);
-            if hi < lo + nr {
-                d[hi - lo..].fill(0.0);
-            }
+        if tail > 0 {
+            dst[((np - 1) * kcl + kk) * nr + nr - tail..][..tail].fill(0.0);
+        }
+        for run in runs {
+            let d = &mut dst[(run.jp * kcl + kk) * nr + run.off..][..run.len];
             if pointwise {
-                d[..hi - lo].copy_from_slice(&plane[lo..hi]);
-                if !plain {
-                    src.transform(b, c, &mut d[..hi - lo]);
-                }
-                continue;
-            }
-            pack_segment(plane, g, yoff, xoff, lo, &mut d[..hi - lo]);
-            if !plain {
-                transform_segment(src, b, c, g, yoff, xoff, lo, &mut d[..hi - lo]);
-            }
-        }
-    }
-}
-
-/// Fills `d` with im2col row `(yoff, xoff)` of `plane`, columns `lo..lo + d.len()` (zero
-/// where the tap falls in the padding).
-#[inline(always)]
-fn pack_segment(plane: &[f32], g: &Geo, yoff: isize, xoff: isize, lo: usize, d: &mut [f32]) {
-    let (h, w, ow) = (g.h as isize, g.w as isize, g.ow);
-    let (s0, s1) = (g.stride[0] as isize, g.stride[1] as isize);
-    let mut col = lo;
-    let hi = lo + d.len();
-    while col < hi {
-        let (oy, ox) = (col / ow, col % ow);
-        let run = (ow - ox).min(hi - col);
-        let seg = &mut d[col - lo..col - lo + run];
-        let iy = oy as isize * s0 + yoff;
-        if iy < 0 || iy >= h {
-            seg.fill(0.0);
-        } else {
-            let row = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-            let ix0 = ox as isize * s1 + xoff;
-            if s1 == 1 && ix0 >= 0 && ix0 + run as isize <= w {
-                seg.copy_from_slice(&row[ix0 as usize..ix0 as usize + run]);
+                copy_short(d, &plane[run.ox..run.ox + run.len]);
+                src.transform(b, c, d);
             } else {
-                for (q, v) in seg.iter_mut().enumerate() {
-                    let ix = ix0 + q as isize * s1;
-                    *v = if ix >= 0 && ix < w { row[ix as usize] } else { 0.0 };
-                }
+                pack_run(src, b, c, plane, g, yoff, xoff, run, d);
             }
         }
-        col += run;
     }
 }
 
-/// Applies the input prologue to the values [`pack_segment`] copied into `d` (padding stays 0).
+/// One run of one im2col row: the tap `(yoff, xoff)` of outputs `run` read from `plane`
+/// (zero in the padding), then the input prologue on the values read.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn transform_segment(src: &Source, b: usize, c: usize, g: &Geo, yoff: isize, xoff: isize, lo: usize, d: &mut [f32]) {
-    let (h, w, ow) = (g.h as isize, g.w as isize, g.ow);
+fn pack_run(src: &Source, b: usize, c: usize, plane: &[f32], g: &Geo, yoff: isize, xoff: isize, run: &Run, d: &mut [f32]) {
+    let (h, w) = (g.h as isize, g.w as isize);
     let (s0, s1) = (g.stride[0] as isize, g.stride[1] as isize);
-    let mut col = lo;
-    let hi = lo + d.len();
-    while col < hi {
-        let (oy, ox) = (col / ow, col % ow);
-        let run = (ow - ox).min(hi - col);
-        let seg = &mut d[col - lo..col - lo + run];
-        let iy = oy as isize * s0 + yoff;
-        if iy >= 0 && iy < h {
-            // Output columns whose tap lies inside the row: ix0 + q * s1 in [0, w).
-            let ix0 = ox as isize * s1 + xoff;
-            let qlo = if ix0 >= 0 { 0 } else { ((-ix0) as usize).div_ceil(s1 as usize) };
-            let qhi = if w > ix0 { ((w - ix0) as usize).div_ceil(s1 as usize).min(run) } else { 0 };
-            if qhi > qlo {
-                src.transform(b, c, &mut seg[qlo..qhi]);
-            }
-        }
-        col += run;
+    let iy = run.oy as isize * s0 + yoff;
+    if iy < 0 || iy >= h {
+        d.fill(0.0);
+        return;
+    }
+    let row = &plane[iy as usize * g.w..][..g.w];
+    let ix0 = run.ox as isize * s1 + xoff;
+    let len = run.len as isize;
+    if s1 == 1 && ix0 >= 0 && ix0 + len <= w {
+        copy_short(d, &row[ix0 as usize..(ix0 + len) as usize]);
+        src.transform(b, c, d);
+        return;
+    }
+    // Columns whose tap lies inside the row: ix0 + q * s1 in [0, w).
+    let qlo = if ix0 >= 0 { 0 } else { ((-ix0) as usize).div_ceil(s1 as usize) }.min(run.len);
+    let qhi = if w > ix0 { ((w - ix0) as usize).div_ceil(s1 as usize).min(run.len) } else { 0 }.max(qlo);
+    d[..qlo].fill(0.0);
+    d[qhi..].fill(0.0);
+    for (q, v) in d[qlo..qhi].iter_mut().enumerate() {
+        *v = row[(ix0 + (qlo + q) as isize * s1) as usize];
+    }
+    src.transform(b, c, &mut d[qlo..qhi]);
+}
+
+/// `d = s` for short slices, in blocks of 8 (no call to `memcpy`).
+#[inline(always)]
+fn copy_short(d: &mut [f32], s: &[f32]) {
+    let mut dc = d.chunks_exact_mut(8);
+    let mut sc = s.chunks_exact(8);
+    for (a, b) in (&mut dc).zip(&mut sc) {
+        a.copy_from_slice(b);
+    }
+    for (a, b) in dc.into_remainder().iter_mut().zip(sc.remainder()) {
+        *a = *b;
     }
 }
 
-/// `C[MR, NR] (= bias | +=) A[MR, kc] * B[kc, NR]` at level `isa`: `a` k-major `[kc][MR]`,
+/// `C[MR, NR] (= bias | +=) A[MR, kc] * B[kc, NR]` with kernel `m`: `a` k-major `[kc][MR]`,
 /// `b` `[kc][NR]`, `c` rows `ldc` apart; `bias: Some` starts from the bias, `None` adds to `c`.
 ///
 /// # Safety
 /// `a` and `b` hold `kc * MR` and `kc * NR` floats, `c` has MR rows of NR floats `ldc` apart
-/// (all valid, not aliased), `bias` at least MR values, and the CPU supports `isa`.
+/// (all valid, not aliased), `bias` at least MR values, and the CPU supports the kernel's
+/// level (`PackedWeights::new` chose it from a capped level).
 #[inline(always)]
-unsafe fn micro(isa: Isa, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
-    match isa {
+unsafe fn micro(m: Micro, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
+    match m {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => kernel_8x32(kc, a, b, c, ldc, bias),
+        Micro::Avx512Tall => kernel_16x16(kc, a, b, c, ldc, bias),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => kernel_6x16(kc, a, b, c, ldc, bias),
+        Micro::Avx512Wide => kernel_8x32(kc, a, b, c, ldc, bias),
+        #[cfg(target_arch = "x86_64")]
+        Micro::Avx2 => kernel_6x16(kc, a, b, c, ldc, bias),
         _ => kernel_4x8(kc, a, b, c, ldc, bias),
     }
 }
@@ -365,6 +420,46 @@ unsafe fn kernel_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
     }
 }
 
+/// AVX-512 16x16: one vector of B per k and every A value used once, so the broadcast folds
+/// into the FMA's memory operand (no separate broadcast instruction).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn kernel_16x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 16];
+    let mut ap = a;
+    let mut bp = b;
+    for _ in 0..kc {
+        let bv = _mm512_loadu_ps(bp);
+        acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*ap), bv, acc[0]);
+        acc[1] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(1)), bv, acc[1]);
+        acc[2] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(2)), bv, acc[2]);
+        acc[3] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(3)), bv, acc[3]);
+        acc[4] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(4)), bv, acc[4]);
+        acc[5] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(5)), bv, acc[5]);
+        acc[6] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(6)), bv, acc[6]);
+        acc[7] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(7)), bv, acc[7]);
+        acc[8] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(8)), bv, acc[8]);
+        acc[9] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(9)), bv, acc[9]);
+        acc[10] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(10)), bv, acc[10]);
+        acc[11] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(11)), bv, acc[11]);
+        acc[12] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(12)), bv, acc[12]);
+        acc[13] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(13)), bv, acc[13]);
+        acc[14] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(14)), bv, acc[14]);
+        acc[15] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(15)), bv, acc[15]);
+        ap = ap.add(16);
+        bp = bp.add(16);
+    }
+    for (r, v) in acc.into_iter().enumerate() {
+        let p = c.add(r * ldc);
+        let base = match bias {
+            Some(bv) => _mm512_set1_ps(bv[r]),
+            None => _mm512_loadu_ps(p),
+        };
+        _mm512_storeu_ps(p, _mm512_add_ps(base, v));
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn kernel_8x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
@@ -437,6 +532,7 @@ impl OutPtr {
 /// How `conv` splits its work: tasks are `(image, tile, channel chunk)`.
 struct Plan {
     n: usize,
+    /// Columns per image (output positions, or padded-grid positions).
     p: usize,
     tiles: usize,
     mpanels: usize,
@@ -465,9 +561,227 @@ impl Plan {
         (b, tile, mc * self.per_chunk, ((mc + 1) * self.per_chunk).min(self.mpanels))
     }
 
-    /// Output positions `(n0, nb)` of a tile.
+    /// Columns `(n0, nb)` of a tile.
     fn cols(&self, tile: usize) -> (usize, usize) {
         (tile * NB, NB.min(self.p - tile * NB))
+    }
+}
+
+/// Where the columns of the GEMM come from.
+enum Cols<'a> {
+    /// im2col rows packed from the input (any geometry); column = output position.
+    Im2col(&'a Source<'a>),
+    /// A zero-padded copy of the input (prologue applied once), each channel split into
+    /// `sy * sx` stride phases (phase `(py, px)` holds padded rows `py, py + sy, ..` and columns
+    /// `px, px + sx, ..`, `hq x wq` each): the columns are positions `q = oy * wq + ox` of the
+    /// phase grid (`ox < ow` kept), and im2col row `(c, i, j)` of column `q` is
+    /// `data[offs[(c, i, j)] + q]`, so every micro-panel row is one contiguous copy.
+    Padded {
+        data: Vec<f32>,
+        /// Width of a phase.
+        wq: usize,
+        /// Floats per image (every channel's phases and a tile of slack).
+        img: usize,
+        /// Per im2col row: its offset in an image.
+        offs: Vec<usize>,
+    },
+}
+
+impl<'a> Cols<'a> {
+    /// The phase grid for convs where it wastes little (strides and padding only widen its
+    /// rows by a few columns), else im2col (1x1 stride-1 convs read their planes directly).
+    fn new(src: &'a Source<'a>, n: usize, g: &Geo) -> Cols<'a> {
+        let [sy, sx] = g.stride;
+        let (wp, hp) = (g.w + g.pad[2] + g.pad[3], g.h + g.pad[0] + g.pad[1]);
+        let (hq, wq) = (hp.div_ceil(sy), wp.div_ceil(sx));
+        let grid = (g.oh - 1) * wq + g.ow;
+        let pointwise = g.kh * g.kw == 1 && g.stride == [1, 1] && g.pad == [0; 4];
+        if pointwise || grid * 4 > g.oh * g.ow * 5 {
+            return Cols::Im2col(src);
+        }
+        let phase = hq * wq;
+        let cblock = sy * sx * phase;
+        let img = g.c * cblock + NB;
+        let mut data = vec![0f32; n * img];
+        data.par_chunks_mut(img).enumerate().for_each(|(b, dimg)| {
+            for (c, dc) in dimg[..g.c * cblock].chunks_exact_mut(cblock).enumerate() {
+                fill_phases(src, b, c, g, hq, wq, dc);
+            }
+        });
+        let taps = g.kh * g.kw;
+        let offs = (0..g.c * taps)
+            .map(|r| {
+                let (c, t) = (r / taps, r % taps);
+                let (y, x) = ((t / g.kw) * g.dil[0], (t % g.kw) * g.dil[1]);
+                c * cblock + ((y % sy) * sx + x % sx) * phase + (y / sy) * wq + x / sx
+            })
+            .collect();
+        Cols::Padded { data, wq, img, offs }
+    }
+
+    /// Columns per image.
+    fn positions(&self, g: &Geo) -> usize {
+        match self {
+            Cols::Im2col(_) => g.oh * g.ow,
+            Cols::Padded { wq, .. } => (g.oh - 1) * wq + g.ow,
+        }
+    }
+
+    /// Packs rows `k0..k0+kcl`, columns `n0..n0+nb` of image `b` as micro-panels `[jp][kk][nr]`.
+    #[allow(clippy::too_many_arguments)]
+    fn pack(&self, b: usize, g: &Geo, k0: usize, kcl: usize, n0: usize, nb: usize, nr: usize, dst: &mut [f32]) {
+        match self {
+            Cols::Im2col(src) => pack_b(src, b, g, k0, kcl, n0, nb, nr, dst),
+            Cols::Padded { data, img, offs, .. } => {
+                let np = nb.div_ceil(nr);
+                for (kk, off) in offs[k0..k0 + kcl].iter().enumerate() {
+                    let row = &data[b * img + off + n0..][..np * nr];
+                    for (jp, seg) in row.chunks_exact(nr).enumerate() {
+                        copy_short(&mut dst[(jp * kcl + kk) * nr..][..nr], seg);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes channel `c` of image `b` (prologue applied) into its zeroed stride phases `dc`
+/// (`sy * sx` planes of `hq x wq`; padded position `(y, x)` goes to phase `(y % sy, x % sx)`,
+/// at `(y / sy, x / sx)`).
+fn fill_phases(src: &Source, b: usize, c: usize, g: &Geo, hq: usize, wq: usize, dc: &mut [f32]) {
+    let [sy, sx] = g.stride;
+    let (pt, pl) = (g.pad[0], g.pad[2]);
+    for (y, srow) in src.plane(b, c).chunks_exact(g.w).enumerate() {
+        let yp = y + pt;
+        for px in 0..sx {
+            // Input columns x with (x + pl) % sx == px, at phase columns (x + pl) / sx.
+            let x0 = (px + sx - pl % sx) % sx;
+            if x0 >= g.w {
+                continue;
+            }
+            let count = (g.w - x0).div_ceil(sx);
+            let at = (((yp % sy) * sx + px) * hq + yp / sy) * wq + (x0 + pl) / sx;
+            let d = &mut dc[at..at + count];
+            if sx == 1 {
+                copy_short(d, srow);
+            } else {
+                d.iter_mut().zip(srow[x0..].iter().step_by(sx)).for_each(|(o, v)| *o = *v);
+            }
+            src.transform(b, c, d);
+        }
+    }
+}
+
+/// One conv call's shared state, read by every task.
+struct Job<'a> {
+    cols: &'a Cols<'a>,
+    g: &'a Geo,
+    pw: &'a PackedWeights,
+    plan: &'a Plan,
+    /// Every tile packed once, when several channel chunks share each tile.
+    shared: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
+    act: Option<Activation>,
+    out: OutPtr,
+}
+
+thread_local! {
+    static CTILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Job<'_> {
+    /// Task `t`: every k-block of its tile and channel chunk, then the epilogue.
+    fn run(&self, t: usize) {
+        let (b, tile, mlo, mhi) = self.plan.task(t);
+        let (n0, nb) = self.plan.cols(tile);
+        let (pw, p) = (self.pw, self.g.oh * self.g.ow);
+        let rows = (mhi - mlo) * pw.mr;
+        match self.cols {
+            Cols::Im2col(_) => {
+                // SAFETY: this task owns rows mlo*MR..min(mhi*MR, co), columns n0..n0+nb of
+                // image b (tasks cover disjoint rectangles of `out`); edge tiles go through a
+                // buffer, so nothing outside is written.
+                unsafe { self.kblocks(b, tile, mlo, mhi, self.out.at((b * pw.co + mlo * pw.mr) * p + n0), p, true) };
+                if self.residual.is_some() || self.act.is_some() {
+                    for r in mlo * pw.mr..(mhi * pw.mr).min(pw.co) {
+                        let at = (b * pw.co + r) * p + n0;
+                        // SAFETY: this task's own row segment, fully written just above.
+                        let row = unsafe { std::slice::from_raw_parts_mut(self.out.at(at), nb) };
+                        cpu::add_act_inplace(pw.isa, row, self.residual.map_or(&[], |res| &res[at..at + nb]), self.act);
+                    }
+                }
+            }
+            Cols::Padded { wq, .. } => CTILE.with(|ct| {
+                let mut ct = ct.borrow_mut();
+                if ct.len() < rows * NB {
+                    ct.resize(rows * NB, 0.0);
+                }
+                // SAFETY: the tile buffer holds `rows` full rows of NB columns, every micro-tile
+                // of the task included.
+                unsafe { self.kblocks(b, tile, mlo, mhi, ct.as_mut_ptr(), NB, false) };
+                self.compact(b, n0, nb, mlo, &ct[..rows * NB], *wq);
+            }),
+        }
+    }
+
+    /// Accumulates every k-block of the task into `c` (row `mlo * MR`, column `n0` of the task's
+    /// rectangle; rows `ldc` apart).
+    ///
+    /// # Safety
+    /// As [`run_kblock`]; with `exact == false`, `c` must hold full micro-tiles.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kblocks(&self, b: usize, tile: usize, mlo: usize, mhi: usize, c: *mut f32, ldc: usize, exact: bool) {
+        let pw = self.pw;
+        let (n0, nb) = self.plan.cols(tile);
+        let nr = pw.nr;
+        let np = nb.div_ceil(nr);
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let need = if self.shared.is_some() { 0 } else { pw.kc * np * nr };
+            if s.len() < need {
+                s.resize(need, 0.0);
+            }
+            let mut k0 = 0;
+            while k0 < pw.k {
+                let kcl = pw.kc.min(pw.k - k0);
+                let bsrc: &[f32] = match self.shared {
+                    Some(v) => &v[(b * self.plan.tiles + tile) * pw.k * NB + k0 * np * nr..][..kcl * np * nr],
+                    None => {
+                        self.cols.pack(b, self.g, k0, kcl, n0, nb, nr, &mut s[..need]);
+                        &s[..need]
+                    }
+                };
+                run_kblock(pw, k0, kcl, bsrc, c, ldc, nb, mlo, mhi, exact);
+                k0 += kcl;
+            }
+        });
+    }
+
+    /// Copies the padded-grid tile `ct` (columns `n0..n0+nb`) to the output positions it
+    /// holds, with residual and activation.
+    fn compact(&self, b: usize, n0: usize, nb: usize, mlo: usize, ct: &[f32], wp: usize) {
+        let (pw, g) = (self.pw, self.g);
+        let p = g.oh * g.ow;
+        let mut q = n0;
+        while q < n0 + nb {
+            let (oy, ox) = (q / wp, q % wp);
+            let len = (n0 + nb - q).min(wp - ox);
+            let keep = len.min(g.ow.saturating_sub(ox));
+            if keep > 0 {
+                for r in mlo * pw.mr..(mlo * pw.mr + ct.len() / NB).min(pw.co) {
+                    let at = (b * pw.co + r) * p + oy * g.ow + ox;
+                    let src = &ct[(r - mlo * pw.mr) * NB + q - n0..][..keep];
+                    // SAFETY: row r of this task's rectangle; output rows of different
+                    // tasks or tiles never overlap (each position belongs to one tile).
+                    let dst = unsafe { std::slice::from_raw_parts_mut(self.out.at(at), keep) };
+                    match self.residual {
+                        Some(res) => cpu::add_act_into(pw.isa, dst, src, &res[at..at + keep], self.act),
+                        None => cpu::affine_act_into(pw.isa, dst, src, 1.0, 0.0, self.act),
+                    }
+                }
+            }
+            q += len;
+        }
     }
 }
 
@@ -476,61 +790,23 @@ impl Plan {
 pub fn conv(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, residual: Option<&[f32]>, act: Option<Activation>) -> Vec<f32> {
     assert_eq!(pw.k, g.c * g.kh * g.kw, "packed conv: weights do not match the geometry");
     let src = Source::new(input, n, g, pw.isa);
-    let p = g.oh * g.ow;
-    let total = n * pw.co * p;
+    let total = n * pw.co * g.oh * g.ow;
     assert!(residual.is_none_or(|r| r.len() == total), "packed conv: residual length");
-    let plan = Plan::new(n, p, pw);
-    // Every element is written by the first k-block of the task that owns it.
+    let cols = Cols::new(&src, n, g);
+    let plan = Plan::new(n, cols.positions(g), pw);
+    // Every element is written by the task that owns it.
     let mut out = uninit_vec(total);
-    let shared = (plan.msplit > 1).then(|| pack_all(&src, g, pw, &plan));
-    let optr = OutPtr(out.as_mut_ptr());
-    (0..plan.tasks()).into_par_iter().for_each(|t| {
-        let (b, tile, mlo, mhi) = plan.task(t);
-        let kblock = |k0: usize, kcl: usize, bpack: &mut [f32]| {
-            let (n0, nb) = plan.cols(tile);
-            let (_, nr) = tile_shape(pw.isa);
-            let np = nb.div_ceil(nr);
-            let bsrc: &[f32] = match &shared {
-                Some(v) => &v[(b * plan.tiles + tile) * pw.k * NB + k0 * np * nr..][..kcl * np * nr],
-                None => {
-                    pack_b(&src, b, g, k0, kcl, n0, nb, nr, bpack);
-                    bpack
-                }
-            };
-            // SAFETY: `run_kblock` writes rows mlo*MR..min(mhi*MR, co) and columns
-            // n0..n0+nb of image b only; tasks own disjoint (image, tile, chunk) rectangles.
-            unsafe { run_kblock(pw, k0, kcl, bsrc, optr.at(b * pw.co * p), p, n0, nb, mlo, mhi) };
-        };
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            let need = if shared.is_some() { 0 } else { pw.kc * NB };
-            if s.len() < need {
-                s.resize(need, 0.0);
-            }
-            let mut k0 = 0;
-            while k0 < pw.k {
-                let kcl = pw.kc.min(pw.k - k0);
-                kblock(k0, kcl, &mut s[..need]);
-                k0 += kcl;
-            }
-        });
-        if residual.is_some() || act.is_some() {
-            let (n0, nb) = plan.cols(tile);
-            for r in mlo * pw.mr..(mhi * pw.mr).min(pw.co) {
-                // SAFETY: this task's own rectangle, fully written by the k-blocks above.
-                let row = unsafe { std::slice::from_raw_parts_mut(optr.at((b * pw.co + r) * p + n0), nb) };
-                cpu::add_act_inplace(pw.isa, row, residual.map_or(&[], |res| &res[(b * pw.co + r) * p + n0..][..nb]), act);
-            }
-        }
-    });
+    let shared = (plan.msplit > 1).then(|| pack_all(&cols, g, pw, &plan));
+    let job = Job { cols: &cols, g, pw, plan: &plan, shared: shared.as_deref(), residual, act, out: OutPtr(out.as_mut_ptr()) };
+    (0..plan.tasks()).into_par_iter().for_each(|t| job.run(t));
     out
 }
 
 /// Packs every tile of every image once (shared by the channel chunks of a tile): tile
 /// stride `k * NB`, k-block `k0` at `k0 * np * NR`, layout `[jp][kk][NR]`.
-fn pack_all(src: &Source, g: &Geo, pw: &PackedWeights, plan: &Plan) -> Vec<f32> {
+fn pack_all(cols: &Cols, g: &Geo, pw: &PackedWeights, plan: &Plan) -> Vec<f32> {
     let kblocks = pw.k.div_ceil(pw.kc);
-    let (_, nr) = tile_shape(pw.isa);
+    let nr = pw.nr;
     let mut v = vec![0f32; plan.n * plan.tiles * pw.k * NB];
     v.par_chunks_mut(pw.k * NB).enumerate().for_each(|(bt, chunk)| {
         let (b, tile) = (bt / plan.tiles, bt % plan.tiles);
@@ -539,48 +815,51 @@ fn pack_all(src: &Source, g: &Geo, pw: &PackedWeights, plan: &Plan) -> Vec<f32> 
         for kb in 0..kblocks {
             let k0 = kb * pw.kc;
             let kcl = pw.kc.min(pw.k - k0);
-            pack_b(src, b, g, k0, kcl, n0, nb, nr, &mut chunk[k0 * np * nr..][..kcl * np * nr]);
+            cols.pack(b, g, k0, kcl, n0, nb, nr, &mut chunk[k0 * np * nr..][..kcl * np * nr]);
         }
     });
     v
 }
 
 /// One k-block of one task: every (weight panel, micro-panel) pair of panels `mlo..mhi` and
-/// the tile's micro-panels `bsrc`, accumulated into image output `cb` (`co` rows of `p`).
+/// the tile's micro-panels `bsrc`, accumulated into `c` (the task's rectangle: row
+/// `mlo * MR`, its first column; rows `ldc` apart).
 ///
 /// # Safety
-/// `cb` points at an image's `co * p` outputs; rows `mlo*MR..` and columns `n0..n0+nb` are
-/// this caller's alone; the CPU supports `pw.isa`.
+/// `c` addresses rows `mlo*MR..min(mhi*MR, co)` (all `mhi*MR` with `exact == false`) and
+/// columns `0..nb` (`0..np*NR` with `exact == false`) of memory this caller alone writes; the
+/// CPU supports `pw.isa`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_kblock(pw: &PackedWeights, k0: usize, kcl: usize, bsrc: &[f32], cb: *mut f32, p: usize, n0: usize, nb: usize, mlo: usize, mhi: usize) {
-    let (mr, nr) = tile_shape(pw.isa);
+unsafe fn run_kblock(pw: &PackedWeights, k0: usize, kcl: usize, bsrc: &[f32], c: *mut f32, ldc: usize, nb: usize, mlo: usize, mhi: usize, exact: bool) {
+    let (mr, nr) = (pw.mr, pw.nr);
     let np = nb.div_ceil(nr);
     let first = k0 == 0;
-    let mut tmp = [0f32; 8 * 32];
+    let mut tmp = [0f32; 16 * 32];
     let mut mb = mlo;
     while mb < mhi {
         let me = (mb + MCP).min(mhi);
         for jp in 0..np {
             let bp = bsrc[jp * kcl * nr..][..kcl * nr].as_ptr();
-            let col = n0 + jp * nr;
-            let ncols = nr.min(n0 + nb - col);
+            let col = jp * nr;
+            let ncols = nr.min(nb - col);
             for mp in mb..me {
                 let ap = pw.panel(k0, kcl, mp).as_ptr();
                 let row = mp * mr;
                 let nrows = mr.min(pw.co - row);
                 let bias = first.then(|| &pw.bias[row..row + mr]);
-                if nrows == mr && ncols == nr {
-                    micro(pw.isa, kcl, ap, bp, cb.add(row * p + col), p, bias);
+                let cp = c.add((row - mlo * mr) * ldc + col);
+                if !exact || (nrows == mr && ncols == nr) {
+                    micro(pw.micro, kcl, ap, bp, cp, ldc, bias);
                 } else {
                     // An edge tile: through a full-size buffer.
                     if !first {
                         for r in 0..nrows {
-                            std::ptr::copy_nonoverlapping(cb.add((row + r) * p + col), tmp.as_mut_ptr().add(r * nr), ncols);
+                            std::ptr::copy_nonoverlapping(cp.add(r * ldc), tmp.as_mut_ptr().add(r * nr), ncols);
                         }
                     }
-                    micro(pw.isa, kcl, ap, bp, tmp.as_mut_ptr(), nr, bias);
+                    micro(pw.micro, kcl, ap, bp, tmp.as_mut_ptr(), nr, bias);
                     for r in 0..nrows {
-                        std::ptr::copy_nonoverlapping(tmp.as_ptr().add(r * nr), cb.add((row + r) * p + col), ncols);
+                        std::ptr::copy_nonoverlapping(tmp.as_ptr().add(r * nr), cp.add(r * ldc), ncols);
                     }
                 }
             }

@@ -5,9 +5,6 @@ use super::*;
 use crate::kernels::testutil::*;
 use candle_core::Device;
 
-use super::*;
-use crate::kernels::testutil::*;
-
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
@@ -24,6 +21,10 @@ fn fast_conv_matches_portable() {
         ([1, 4, 6, 6], [4, 2, 3, 3], [2, 3], [0, 1, 1, 2], [1, 1], 2),
         ([1, 2, 7, 7], [2, 2, 3, 3], [1, 1], [2, 2, 1, 1], [2, 1], 1),
         ([1, 2, 5, 6], [3, 2, 1, 7], [2, 1], [0, 0, 3, 3], [1, 1], 1),
+        // Stride 1 on the padded grid: planes smaller than a tile, dilation, asymmetric padding.
+        ([2, 8, 4, 4], [16, 8, 3, 3], [1, 1], [1; 4], [1, 1], 1),
+        ([1, 3, 9, 11], [5, 3, 3, 3], [1, 1], [2; 4], [2, 2], 1),
+        ([1, 4, 20, 17], [7, 4, 5, 3], [1, 1], [2, 1, 0, 2], [1, 1], 1),
         ([2, 5, 9, 9], [5, 1, 3, 3], [1, 1], [1; 4], [1, 1], 5),
         ([1, 5, 10, 9], [5, 1, 3, 3], [2, 2], [0, 1, 0, 1], [1, 1], 5),
         ([1, 5, 11, 11], [5, 1, 5, 5], [2, 2], [2; 4], [1, 1], 5),
