@@ -18,6 +18,7 @@ mod attention;
 mod conv;
 mod elementwise;
 mod gemm;
+mod micro;
 mod pool;
 
 pub use super::cpu::Isa;

@@ -19,6 +19,7 @@
 //! * Epilogue: bias on the first k-block, then after the last one an optional residual (same
 //!   shape as the output) and the activation, on the tile while it is still in cache.
 
+use super::micro::{micro, Gather, Micro, Packed, Rows};
 use super::{threads, uninit_vec, Geo, Isa};
 use crate::kernels::cpu;
 use rayon::prelude::*;
@@ -31,41 +32,6 @@ const NB: usize = 64;
 const KC_MAX: usize = 256;
 /// Weight panels per m-block inside a task.
 const MCP: usize = 16;
-
-/// A micro-kernel: `C[MR, NR] (+)= A[MR, kc] * B[kc, NR]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Micro {
-    /// Plain loops, 4x8.
-    Portable,
-    /// AVX2+FMA 6x16 (12 accumulators, each A value broadcast once for two vectors).
-    Avx2,
-    /// AVX-512 16x16 (one B vector per k; the A broadcasts fold into the FMAs).
-    Avx512Tall,
-    /// AVX-512 8x32, for output channel counts that 16 would pad much (24, 40, ...).
-    Avx512Wide,
-}
-
-impl Micro {
-    /// The kernel for `co` output channels at level `isa`.
-    fn choose(isa: Isa, co: usize) -> Micro {
-        match isa {
-            Isa::Avx512 if co % 16 == 0 || co >= 128 => Micro::Avx512Tall,
-            Isa::Avx512 => Micro::Avx512Wide,
-            Isa::Avx2 => Micro::Avx2,
-            Isa::Portable => Micro::Portable,
-        }
-    }
-
-    /// `(MR, NR)`: output channels and positions per micro-tile.
-    fn shape(self) -> (usize, usize) {
-        match self {
-            Micro::Portable => (4, 8),
-            Micro::Avx2 => (6, 16),
-            Micro::Avx512Tall => (16, 16),
-            Micro::Avx512Wide => (8, 32),
-        }
-    }
-}
 
 /// Conv weights `[co, c, kh, kw]` packed for one level's micro-kernel, with the bias
 /// (zero-padded).
@@ -328,192 +294,6 @@ fn copy_short(d: &mut [f32], s: &[f32]) {
     }
 }
 
-/// `C[MR, NR] (= bias | +=) A[MR, kc] * B[kc, NR]` with kernel `m`: `a` k-major `[kc][MR]`,
-/// `b` `[kc][NR]`, `c` rows `ldc` apart; `bias: Some` starts from the bias, `None` adds to `c`.
-///
-/// # Safety
-/// `a` and `b` hold `kc * MR` and `kc * NR` floats, `c` has MR rows of NR floats `ldc` apart
-/// (all valid, not aliased), `bias` at least MR values, and the CPU supports the kernel's
-/// level (`PackedWeights::new` chose it from a capped level).
-#[inline(always)]
-unsafe fn micro(m: Micro, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
-    match m {
-        #[cfg(target_arch = "x86_64")]
-        Micro::Avx512Tall => kernel_16x16(kc, a, b, c, ldc, bias),
-        #[cfg(target_arch = "x86_64")]
-        Micro::Avx512Wide => kernel_8x32(kc, a, b, c, ldc, bias),
-        #[cfg(target_arch = "x86_64")]
-        Micro::Avx2 => kernel_6x16(kc, a, b, c, ldc, bias),
-        _ => kernel_4x8(kc, a, b, c, ldc, bias),
-    }
-}
-
-/// The portable micro-kernel (plain loops).
-unsafe fn kernel_4x8(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
-    let mut acc = [[0f32; 8]; 4];
-    for kk in 0..kc {
-        let (ar, br) = (a.add(kk * 4), b.add(kk * 8));
-        for (r, row) in acc.iter_mut().enumerate() {
-            let av = *ar.add(r);
-            for (j, v) in row.iter_mut().enumerate() {
-                *v += av * *br.add(j);
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        let p = c.add(r * ldc);
-        for (j, v) in row.iter().enumerate() {
-            let base = match bias {
-                Some(bv) => bv[r],
-                None => *p.add(j),
-            };
-            *p.add(j) = base + v;
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
-    use std::arch::x86_64::*;
-    let z = _mm256_setzero_ps();
-    let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
-    let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
-    let mut ap = a;
-    let mut bp = b;
-    for _ in 0..kc {
-        let b0 = _mm256_loadu_ps(bp);
-        let b1 = _mm256_loadu_ps(bp.add(8));
-        let a0 = _mm256_broadcast_ss(&*ap);
-        c00 = _mm256_fmadd_ps(a0, b0, c00);
-        c01 = _mm256_fmadd_ps(a0, b1, c01);
-        let a1 = _mm256_broadcast_ss(&*ap.add(1));
-        c10 = _mm256_fmadd_ps(a1, b0, c10);
-        c11 = _mm256_fmadd_ps(a1, b1, c11);
-        let a2 = _mm256_broadcast_ss(&*ap.add(2));
-        c20 = _mm256_fmadd_ps(a2, b0, c20);
-        c21 = _mm256_fmadd_ps(a2, b1, c21);
-        let a3 = _mm256_broadcast_ss(&*ap.add(3));
-        c30 = _mm256_fmadd_ps(a3, b0, c30);
-        c31 = _mm256_fmadd_ps(a3, b1, c31);
-        let a4 = _mm256_broadcast_ss(&*ap.add(4));
-        c40 = _mm256_fmadd_ps(a4, b0, c40);
-        c41 = _mm256_fmadd_ps(a4, b1, c41);
-        let a5 = _mm256_broadcast_ss(&*ap.add(5));
-        c50 = _mm256_fmadd_ps(a5, b0, c50);
-        c51 = _mm256_fmadd_ps(a5, b1, c51);
-        ap = ap.add(6);
-        bp = bp.add(16);
-    }
-    let rows = [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)];
-    for (r, (lo, hi)) in rows.into_iter().enumerate() {
-        let p = c.add(r * ldc);
-        let (base0, base1) = match bias {
-            Some(bv) => {
-                let v = _mm256_set1_ps(bv[r]);
-                (v, v)
-            }
-            None => (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))),
-        };
-        _mm256_storeu_ps(p, _mm256_add_ps(base0, lo));
-        _mm256_storeu_ps(p.add(8), _mm256_add_ps(base1, hi));
-    }
-}
-
-/// AVX-512 16x16: one vector of B per k and every A value used once, so the broadcast folds
-/// into the FMA's memory operand (no separate broadcast instruction).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn kernel_16x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm512_setzero_ps(); 16];
-    let mut ap = a;
-    let mut bp = b;
-    for _ in 0..kc {
-        let bv = _mm512_loadu_ps(bp);
-        acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*ap), bv, acc[0]);
-        acc[1] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(1)), bv, acc[1]);
-        acc[2] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(2)), bv, acc[2]);
-        acc[3] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(3)), bv, acc[3]);
-        acc[4] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(4)), bv, acc[4]);
-        acc[5] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(5)), bv, acc[5]);
-        acc[6] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(6)), bv, acc[6]);
-        acc[7] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(7)), bv, acc[7]);
-        acc[8] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(8)), bv, acc[8]);
-        acc[9] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(9)), bv, acc[9]);
-        acc[10] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(10)), bv, acc[10]);
-        acc[11] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(11)), bv, acc[11]);
-        acc[12] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(12)), bv, acc[12]);
-        acc[13] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(13)), bv, acc[13]);
-        acc[14] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(14)), bv, acc[14]);
-        acc[15] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(15)), bv, acc[15]);
-        ap = ap.add(16);
-        bp = bp.add(16);
-    }
-    for (r, v) in acc.into_iter().enumerate() {
-        let p = c.add(r * ldc);
-        let base = match bias {
-            Some(bv) => _mm512_set1_ps(bv[r]),
-            None => _mm512_loadu_ps(p),
-        };
-        _mm512_storeu_ps(p, _mm512_add_ps(base, v));
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn kernel_8x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
-    use std::arch::x86_64::*;
-    let z = _mm512_setzero_ps();
-    let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30, mut c31) = (z, z, z, z, z, z, z, z);
-    let (mut c40, mut c41, mut c50, mut c51, mut c60, mut c61, mut c70, mut c71) = (z, z, z, z, z, z, z, z);
-    let mut ap = a;
-    let mut bp = b;
-    for _ in 0..kc {
-        let b0 = _mm512_loadu_ps(bp);
-        let b1 = _mm512_loadu_ps(bp.add(16));
-        let a0 = _mm512_set1_ps(*ap);
-        c00 = _mm512_fmadd_ps(a0, b0, c00);
-        c01 = _mm512_fmadd_ps(a0, b1, c01);
-        let a1 = _mm512_set1_ps(*ap.add(1));
-        c10 = _mm512_fmadd_ps(a1, b0, c10);
-        c11 = _mm512_fmadd_ps(a1, b1, c11);
-        let a2 = _mm512_set1_ps(*ap.add(2));
-        c20 = _mm512_fmadd_ps(a2, b0, c20);
-        c21 = _mm512_fmadd_ps(a2, b1, c21);
-        let a3 = _mm512_set1_ps(*ap.add(3));
-        c30 = _mm512_fmadd_ps(a3, b0, c30);
-        c31 = _mm512_fmadd_ps(a3, b1, c31);
-        let a4 = _mm512_set1_ps(*ap.add(4));
-        c40 = _mm512_fmadd_ps(a4, b0, c40);
-        c41 = _mm512_fmadd_ps(a4, b1, c41);
-        let a5 = _mm512_set1_ps(*ap.add(5));
-        c50 = _mm512_fmadd_ps(a5, b0, c50);
-        c51 = _mm512_fmadd_ps(a5, b1, c51);
-        let a6 = _mm512_set1_ps(*ap.add(6));
-        c60 = _mm512_fmadd_ps(a6, b0, c60);
-        c61 = _mm512_fmadd_ps(a6, b1, c61);
-        let a7 = _mm512_set1_ps(*ap.add(7));
-        c70 = _mm512_fmadd_ps(a7, b0, c70);
-        c71 = _mm512_fmadd_ps(a7, b1, c71);
-        ap = ap.add(8);
-        bp = bp.add(32);
-    }
-    let rows = [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51), (c60, c61), (c70, c71)];
-    for (r, (lo, hi)) in rows.into_iter().enumerate() {
-        let p = c.add(r * ldc);
-        let (base0, base1) = match bias {
-            Some(bv) => {
-                let v = _mm512_set1_ps(bv[r]);
-                (v, v)
-            }
-            None => (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))),
-        };
-        _mm512_storeu_ps(p, _mm512_add_ps(base0, lo));
-        _mm512_storeu_ps(p.add(16), _mm512_add_ps(base1, hi));
-    }
-}
-
 /// The output buffer, written by tasks through disjoint rectangles.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -571,6 +351,10 @@ impl Plan {
 enum Cols<'a> {
     /// im2col rows packed from the input (any geometry); column = output position.
     Im2col(&'a Source<'a>),
+    /// A plain 1x1, stride-1, unpadded conv: B row `c` is plane `c` itself, read in place
+    /// (`offs[c]` floats into an image, images `img` apart); tiles whose last micro-panel
+    /// would read past the planes are packed from the source instead.
+    Direct { src: &'a Source<'a>, data: &'a [f32], img: usize, offs: Vec<usize> },
     /// A zero-padded copy of the input (prologue applied once), each channel split into
     /// `sy * sx` stride phases (phase `(py, px)` holds padded rows `py, py + sy, ..` and columns
     /// `px, px + sx, ..`, `hq x wq` each): the columns are positions `q = oy * wq + ox` of the
@@ -584,6 +368,8 @@ enum Cols<'a> {
         img: usize,
         /// Per im2col row: its offset in an image.
         offs: Vec<usize>,
+        /// Level of the copies.
+        isa: Isa,
     },
 }
 
@@ -596,6 +382,10 @@ impl<'a> Cols<'a> {
         let (hq, wq) = (hp.div_ceil(sy), wp.div_ceil(sx));
         let grid = (g.oh - 1) * wq + g.ow;
         let pointwise = g.kh * g.kw == 1 && g.stride == [1, 1] && g.pad == [0; 4];
+        if pointwise && src.plain && src.input.parts.len() == 1 {
+            let hw = g.h * g.w;
+            return Cols::Direct { src, data: src.input.parts[0].0, img: g.c * hw, offs: (0..g.c).map(|c| c * hw).collect() };
+        }
         if pointwise || grid * 4 > g.oh * g.ow * 5 {
             return Cols::Im2col(src);
         }
@@ -616,13 +406,13 @@ impl<'a> Cols<'a> {
                 c * cblock + ((y % sy) * sx + x % sx) * phase + (y / sy) * wq + x / sx
             })
             .collect();
-        Cols::Padded { data, wq, img, offs }
+        Cols::Padded { data, wq, img, offs, isa: src.isa }
     }
 
     /// Columns per image.
     fn positions(&self, g: &Geo) -> usize {
         match self {
-            Cols::Im2col(_) => g.oh * g.ow,
+            Cols::Im2col(_) | Cols::Direct { .. } => g.oh * g.ow,
             Cols::Padded { wq, .. } => (g.oh - 1) * wq + g.ow,
         }
     }
@@ -631,15 +421,21 @@ impl<'a> Cols<'a> {
     #[allow(clippy::too_many_arguments)]
     fn pack(&self, b: usize, g: &Geo, k0: usize, kcl: usize, n0: usize, nb: usize, nr: usize, dst: &mut [f32]) {
         match self {
-            Cols::Im2col(src) => pack_b(src, b, g, k0, kcl, n0, nb, nr, dst),
-            Cols::Padded { data, img, offs, .. } => {
-                let np = nb.div_ceil(nr);
-                for (kk, off) in offs[k0..k0 + kcl].iter().enumerate() {
-                    let row = &data[b * img + off + n0..][..np * nr];
-                    for (jp, seg) in row.chunks_exact(nr).enumerate() {
-                        copy_short(&mut dst[(jp * kcl + kk) * nr..][..nr], seg);
-                    }
-                }
+            Cols::Im2col(src) | Cols::Direct { src, .. } => pack_b(src, b, g, k0, kcl, n0, nb, nr, dst),
+            Cols::Padded { data, img, offs, isa, .. } => pack_padded(*isa, &data[b * img + n0..], &offs[k0..k0 + kcl], nb, nr, dst),
+        }
+    }
+}
+
+cpu::dispatch! {
+    /// Micro-panels `[jp][kk][nr]` of the padded grid: row `kk` starts at `data[offs[kk]]`.
+    fn pack_padded(data: &[f32], offs: &[usize], nb: usize, nr: usize, dst: &mut [f32]) {
+        let np = nb.div_ceil(nr);
+        let kcl = offs.len();
+        for (kk, &off) in offs.iter().enumerate() {
+            let row = &data[off..][..np * nr];
+            for (jp, seg) in row.chunks_exact(nr).enumerate() {
+                dst[(jp * kcl + kk) * nr..][..nr].copy_from_slice(seg);
             }
         }
     }
@@ -697,7 +493,7 @@ impl Job<'_> {
         let (pw, p) = (self.pw, self.g.oh * self.g.ow);
         let rows = (mhi - mlo) * pw.mr;
         match self.cols {
-            Cols::Im2col(_) => {
+            Cols::Im2col(_) | Cols::Direct { .. } => {
                 // SAFETY: this task owns rows mlo*MR..min(mhi*MR, co), columns n0..n0+nb of
                 // image b (tasks cover disjoint rectangles of `out`); edge tiles go through a
                 // buffer, so nothing outside is written.
@@ -735,6 +531,25 @@ impl Job<'_> {
         let (n0, nb) = self.plan.cols(tile);
         let nr = pw.nr;
         let np = nb.div_ceil(nr);
+        let in_place = match self.cols {
+            // `Cols::Padded` keeps a tile of slack after every image, so the last micro-panel's
+            // full rows stay inside.
+            Cols::Padded { data, img, offs, .. } => Some((&data[b * img + n0..], offs)),
+            Cols::Direct { data, img, offs, .. } if n0 + np * nr <= self.plan.p => Some((&data[b * img + n0..], offs)),
+            _ => None,
+        };
+        if let Some((start, offs)) = in_place {
+            // No packing: the kernels read B rows in place.
+            let base = start.as_ptr();
+            let mut k0 = 0;
+            while k0 < pw.k {
+                let kcl = pw.kc.min(pw.k - k0);
+                let ko = offs[k0..k0 + kcl].as_ptr();
+                run_kblock(pw, k0, kcl, |jp| Gather(base.add(jp * nr), ko), c, ldc, nb, mlo, mhi, exact);
+                k0 += kcl;
+            }
+            return;
+        }
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             let need = if self.shared.is_some() { 0 } else { pw.kc * np * nr };
@@ -751,7 +566,7 @@ impl Job<'_> {
                         &s[..need]
                     }
                 };
-                run_kblock(pw, k0, kcl, bsrc, c, ldc, nb, mlo, mhi, exact);
+                run_kblock(pw, k0, kcl, |jp| Packed(bsrc[jp * kcl * nr..][..kcl * nr].as_ptr(), nr), c, ldc, nb, mlo, mhi, exact);
                 k0 += kcl;
             }
         });
@@ -796,7 +611,7 @@ pub fn conv(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, residual: 
     let plan = Plan::new(n, cols.positions(g), pw);
     // Every element is written by the task that owns it.
     let mut out = uninit_vec(total);
-    let shared = (plan.msplit > 1).then(|| pack_all(&cols, g, pw, &plan));
+    let shared = (plan.msplit > 1 && matches!(cols, Cols::Im2col(_))).then(|| pack_all(&cols, g, pw, &plan));
     let job = Job { cols: &cols, g, pw, plan: &plan, shared: shared.as_deref(), residual, act, out: OutPtr(out.as_mut_ptr()) };
     (0..plan.tasks()).into_par_iter().for_each(|t| job.run(t));
     out
@@ -822,15 +637,15 @@ fn pack_all(cols: &Cols, g: &Geo, pw: &PackedWeights, plan: &Plan) -> Vec<f32> {
 }
 
 /// One k-block of one task: every (weight panel, micro-panel) pair of panels `mlo..mhi` and
-/// the tile's micro-panels `bsrc`, accumulated into `c` (the task's rectangle: row
-/// `mlo * MR`, its first column; rows `ldc` apart).
+/// the tile's micro-panels (rows of micro-panel `jp` from `rows(jp)`), accumulated into `c`
+/// (the task's rectangle: row `mlo * MR`, its first column; rows `ldc` apart).
 ///
 /// # Safety
 /// `c` addresses rows `mlo*MR..min(mhi*MR, co)` (all `mhi*MR` with `exact == false`) and
-/// columns `0..nb` (`0..np*NR` with `exact == false`) of memory this caller alone writes; the
-/// CPU supports `pw.isa`.
+/// columns `0..nb` (`0..np*NR` with `exact == false`) of memory this caller alone writes;
+/// `rows(jp)` gives `kcl` valid rows of NR floats; the CPU supports `pw.isa`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_kblock(pw: &PackedWeights, k0: usize, kcl: usize, bsrc: &[f32], c: *mut f32, ldc: usize, nb: usize, mlo: usize, mhi: usize, exact: bool) {
+unsafe fn run_kblock<R: Rows>(pw: &PackedWeights, k0: usize, kcl: usize, rows: impl Fn(usize) -> R, c: *mut f32, ldc: usize, nb: usize, mlo: usize, mhi: usize, exact: bool) {
     let (mr, nr) = (pw.mr, pw.nr);
     let np = nb.div_ceil(nr);
     let first = k0 == 0;
@@ -839,7 +654,7 @@ unsafe fn run_kblock(pw: &PackedWeights, k0: usize, kcl: usize, bsrc: &[f32], c:
     while mb < mhi {
         let me = (mb + MCP).min(mhi);
         for jp in 0..np {
-            let bp = bsrc[jp * kcl * nr..][..kcl * nr].as_ptr();
+            let bp = rows(jp);
             let col = jp * nr;
             let ncols = nr.min(nb - col);
             for mp in mb..me {
