@@ -73,8 +73,25 @@ impl OptimizedModel {
         for (_, n) in plan.graph.nodes() {
             for p in &n.params {
                 if let Some(t) = params.get(&p.name) {
-                    out.insert(p.name.clone(), t.clone());
+                    // A linear rewritten as a 1x1 conv takes its weight as `[out, in, 1, 1]`.
+                    let t = if t.dims() != p.shape.as_slice() && t.elem_count() == p.numel() { t.reshape(p.shape.as_slice())? } else { t.clone() };
+                    out.insert(p.name.clone(), t);
                 }
+            }
+        }
+        for f in &plan.scale_folds {
+            let s = vec1(params.get(&f.scale).ok_or_else(|| anyhow!("parameter `{}` is not loaded", f.scale))?)?;
+            for suffix in ["weight", "bias"] {
+                let name = format!("{}.{suffix}", f.conv);
+                let Some(t) = out.get(&name) else { continue };
+                let v = vec1(t)?;
+                if v.len() % s.len() != 0 {
+                    bail!("cannot fold `{}` into `{}`: {} channels against {:?}", f.scale, f.conv, s.len(), t.dims());
+                }
+                let per = v.len() / s.len();
+                let scaled: Vec<f32> = v.iter().enumerate().map(|(i, &x)| x * s[i / per]).collect();
+                let t = Tensor::from_vec(scaled, t.dims(), device)?;
+                out.insert(name, t);
             }
         }
         for f in &plan.folds {

@@ -386,19 +386,25 @@ impl<'a> Cols<'a> {
             let hw = g.h * g.w;
             return Cols::Direct { src, data: src.input.parts[0].0, img: g.c * hw, offs: (0..g.c).map(|c| c * hw).collect() };
         }
-        if pointwise || grid * 4 > g.oh * g.ow * 5 {
+        // Compared in micro-panels of 16 columns: a small map rounds up either way.
+        if pointwise || grid.div_ceil(16) * 4 > (g.oh * g.ow).div_ceil(16) * 5 {
             return Cols::Im2col(src);
         }
         let phase = hq * wq;
         let cblock = sy * sx * phase;
         let img = g.c * cblock + NB;
+        let taps = g.kh * g.kw;
+        // Phases some tap reads (a 1x1 stride-2 conv reads one of four).
+        let mut used = vec![false; sy * sx];
+        for t in 0..taps {
+            used[((t / g.kw) * g.dil[0] % sy) * sx + (t % g.kw) * g.dil[1] % sx] = true;
+        }
         let mut data = vec![0f32; n * img];
         data.par_chunks_mut(img).enumerate().for_each(|(b, dimg)| {
             for (c, dc) in dimg[..g.c * cblock].chunks_exact_mut(cblock).enumerate() {
-                fill_phases(src, b, c, g, hq, wq, dc);
+                fill_phases(src, b, c, g, hq, wq, &used, dc);
             }
         });
-        let taps = g.kh * g.kw;
         let offs = (0..g.c * taps)
             .map(|r| {
                 let (c, t) = (r / taps, r % taps);
@@ -443,13 +449,14 @@ cpu::dispatch! {
 
 /// Writes channel `c` of image `b` (prologue applied) into its zeroed stride phases `dc`
 /// (`sy * sx` planes of `hq x wq`; padded position `(y, x)` goes to phase `(y % sy, x % sx)`,
-/// at `(y / sy, x / sx)`).
-fn fill_phases(src: &Source, b: usize, c: usize, g: &Geo, hq: usize, wq: usize, dc: &mut [f32]) {
+/// at `(y / sy, x / sx)`), skipping phases no tap reads.
+#[allow(clippy::too_many_arguments)]
+fn fill_phases(src: &Source, b: usize, c: usize, g: &Geo, hq: usize, wq: usize, used: &[bool], dc: &mut [f32]) {
     let [sy, sx] = g.stride;
     let (pt, pl) = (g.pad[0], g.pad[2]);
     for (y, srow) in src.plane(b, c).chunks_exact(g.w).enumerate() {
         let yp = y + pt;
-        for px in 0..sx {
+        for px in (0..sx).filter(|px| used[(yp % sy) * sx + px]) {
             // Input columns x with (x + pl) % sx == px, at phase columns (x + pl) / sx.
             let x0 = (px + sx - pl % sx) % sx;
             if x0 >= g.w {

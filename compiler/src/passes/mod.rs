@@ -1,7 +1,9 @@
 //! Inference graph passes: a rewritten *view* of a graph for running only (parameter names,
 //! `tlc params` and the original graph are untouched).
 //!
-//! [`optimize`] applies, in one sweep over the topologically ordered nodes:
+//! [`optimize`] first rewrites channels-last blocks channels-first ([`channels_first`]:
+//! ConvNeXt's permute/LayerNorm/linear chains become a channel LayerNorm and 1x1 convs, layer
+//! scales folded), then applies, in one sweep over the topologically ordered nodes:
 //! * **identity removal**: `Dropout` (including stochastic depth) and `Identity` nodes are
 //!   bypassed (their readers read the node's input);
 //! * **BatchNorm folding**: a `BatchNorm` whose input is a `Conv` (or a `Linear` with a 1-D
@@ -28,6 +30,9 @@
 
 use crate::ir::{Activation, Graph, Node, NodeId, Op, Param, ParamKind};
 use petgraph::graph::DiGraph;
+
+pub mod channels_first;
+pub use channels_first::ScaleFold;
 
 /// One BatchNorm folded into the node before it.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +108,8 @@ pub struct Optimized {
     pub residual: Vec<bool>,
     /// Per node of the new graph: for a dense conv whose inputs were fused, how it reads them.
     pub conv_inputs: Vec<Option<ConvInputs>>,
+    /// Layer scales to fold into the conv before them (see [`channels_first`]).
+    pub scale_folds: Vec<ScaleFold>,
     /// What was done.
     pub stats: Stats,
 }
@@ -113,6 +120,8 @@ fn fusable_act(op: &Op) -> bool {
 
 /// Runs every inference pass on `g`.
 pub fn optimize(g: &Graph) -> Optimized {
+    let cf = channels_first::rewrite(g);
+    let g = &cf.graph;
     let n = g.graph.node_count();
     let nodes: Vec<&Node> = g.graph.node_weights().collect();
     // rep[i]: the original node whose (rewritten) output carries node i's value.
@@ -289,7 +298,7 @@ pub fn optimize(g: &Graph) -> Optimized {
         new_id[i] = Some(id);
     }
     let final_stage = |r: usize| if act[r].is_some() { 2 } else if folded_into[r].is_some() { 1 } else { 0 };
-    let map: Vec<Option<NodeId>> = (0..n).map(|i| new_id[rep[i]].filter(|_| stage[i] == final_stage(rep[i]))).collect();
+    let map: Vec<Option<NodeId>> = (0..n).map(|i| new_id[rep[i]].filter(|_| stage[i] == final_stage(rep[i]) && !cf.relaid[i])).collect();
     let output = new_id[rep[g.output.index()]].expect("the output is live");
     let mut last_use = vec![0usize; graph.node_count()];
     for id in graph.node_indices() {
@@ -305,7 +314,7 @@ pub fn optimize(g: &Graph) -> Optimized {
         .filter_map(|s| map[s.output.index()].map(|o| crate::ir::Scope { name: s.name.clone(), output: o, block: s.block.clone() }))
         .collect();
     let graph = Graph { meta: g.meta.clone(), graph, output, scopes, param_order: g.param_order.clone() };
-    Optimized { graph, folds, acts, map, last_use, residual, conv_inputs, stats }
+    Optimized { graph, folds, acts, map, last_use, residual, conv_inputs, scale_folds: cf.folds, stats }
 }
 
 /// Input fusions into dense convs (see [`ConvInputs`]): per original conv, how it reads its
