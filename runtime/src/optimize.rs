@@ -32,6 +32,9 @@ pub struct OptimizedModel {
     /// Per dense conv node (new index), on the CPU: weights and bias packed once for
     /// [`fast::packed`].
     packed: HashMap<usize, PackedWeights>,
+    /// Linear layers over many rows per sample (tokens), by weight name: weights packed once
+    /// for [`fast::linear_packed`].
+    linears: HashMap<String, PackedWeights>,
     /// The instruction-set level of the fast kernels.
     isa: Isa,
 }
@@ -139,7 +142,8 @@ impl OptimizedModel {
                 }
             }
         }
-        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine, prologue, packed, isa })
+        let linears = if device.is_cpu() { pack_linears(&plan.graph, &out, isa)? } else { HashMap::new() };
+        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine, prologue, packed, linears, isa })
     }
 
     /// Runs the graph on `x` (NCHW) and returns the final output.
@@ -229,9 +233,12 @@ impl OptimizedModel {
                 ((_, _, 1, 1), (_, _, h, w)) if h * w > 1 => fast::channel_gate(&ins[1], &ins[0], isa)?,
                 _ => fast::channel_gate(&ins[0], &ins[1], isa)?,
             },
-            Op::Linear { bias, .. } => fast::linear(&ins[0], p.param("weight")?, if *bias { Some(p.param("bias")?) } else { None }, act, isa)?,
+            Op::Linear { bias, .. } => match self.linears.get(&format!("{}.weight", node.name)) {
+                Some(pw) => fast::linear_packed(&ins[0], pw, act)?,
+                None => fast::linear(&ins[0], p.param("weight")?, if *bias { Some(p.param("bias")?) } else { None }, act, isa)?,
+            },
             Op::LayerNorm { eps, axis } if act.is_none() => fast::layer_norm(&ins[0], p.param("weight")?, p.param("bias")?, *eps, *axis == NormAxis::Channels, isa)?,
-            Op::SelfAttention { heads } if act.is_none() => Some(self_attention(&ins[0], *heads, &p, isa)?),
+            Op::SelfAttention { heads } if act.is_none() => Some(self_attention(&ins[0], *heads, &p, &|w| self.linears.get(&format!("{}.{w}", node.name)), isa)?),
             _ => None,
         };
         match fast {
@@ -285,6 +292,32 @@ impl OptimizedModel {
     }
 }
 
+/// Packs the linear layers (and attention projections) that run on many rows per sample:
+/// `[L, D]` token inputs with `L >= 16`, where the packed GEMM beats the `gemm` crate; a
+/// one-row classifier keeps the crate's matrix-vector path (and no second copy of its weights).
+fn pack_linears(graph: &Graph, params: &HashMap<String, Tensor>, isa: Isa) -> Result<HashMap<String, PackedWeights>> {
+    let mut out = HashMap::new();
+    for (_, n) in graph.nodes() {
+        let rows: usize = n.inputs.first().and_then(|i| graph.node(*i).shape.as_ref()).map_or(0, |s| s[..s.len().saturating_sub(1)].iter().product());
+        if rows < 16 {
+            continue;
+        }
+        let pairs: &[(&str, &str)] = match n.op {
+            Op::Linear { .. } => &[("weight", "bias")],
+            Op::SelfAttention { .. } => &[("in_proj_weight", "in_proj_bias"), ("out_proj.weight", "out_proj.bias")],
+            _ => continue,
+        };
+        for (w, b) in pairs {
+            let wname = format!("{}.{w}", n.name);
+            let Some(wt) = params.get(&wname).filter(|t| t.rank() == 2 && t.dtype() == candle_core::DType::F32) else { continue };
+            let (o, i) = wt.dims2()?;
+            let bias = params.get(&format!("{}.{b}", n.name)).map(vec1).transpose()?;
+            out.insert(wname, PackedWeights::new_linear(&vec1(wt)?, o, i, bias.as_deref(), isa));
+        }
+    }
+    Ok(out)
+}
+
 /// `x * scale[c] + shift[c]` on NCHW `x` on any device.
 fn channel_affine_any(x: &Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
     let c = scale.len();
@@ -309,8 +342,12 @@ fn apply(act: Option<Activation>, x: Tensor) -> Result<Tensor> {
 }
 
 /// `nn.MultiheadAttention` self-attention (batch first) with the fast linear layers.
-fn self_attention(x: &Tensor, heads: usize, p: &dyn ParamSource, isa: Isa) -> Result<Tensor> {
+/// `packed(weight suffix)`: the packed weights of a projection, when there are.
+fn self_attention<'a>(x: &Tensor, heads: usize, p: &dyn ParamSource, packed: &dyn Fn(&str) -> Option<&'a PackedWeights>, isa: Isa) -> Result<Tensor> {
     let lin = |x: &Tensor, w: &str, b: &str| -> Result<Tensor> {
+        if let Some(y) = packed(w).map(|pw| fast::linear_packed(x, pw, None)).transpose()?.flatten() {
+            return Ok(y);
+        }
         let (w, b) = (p.param(w)?, p.param(b)?);
         Ok(match fast::linear(x, w, Some(b), None, isa)? {
             Some(y) => y,

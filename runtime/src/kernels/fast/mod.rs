@@ -18,11 +18,13 @@ mod attention;
 mod conv;
 mod elementwise;
 mod gemm;
+mod linear;
 mod micro;
 mod pool;
 
 pub use super::cpu::Isa;
 pub use attention::{attention_qkv, linear};
+pub use linear::linear_tensor as linear_packed;
 pub use conv::{conv2d, conv2d_packed, conv2d_residual, ConvArgs};
 pub use elementwise::{add_act, channel_affine, channel_gate, layer_norm};
 pub use pool::{global_pool, pool2d};

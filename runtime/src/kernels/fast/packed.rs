@@ -41,24 +41,42 @@ pub struct PackedWeights {
     pub co: usize,
     /// Reduction length `c * kh * kw`.
     pub k: usize,
-    isa: Isa,
-    micro: Micro,
-    mr: usize,
+    pub(super) isa: Isa,
+    pub(super) micro: Micro,
+    /// Panel width (MR of the kernel for convs; NR for linear layers).
+    pub(super) mr: usize,
     nr: usize,
-    kc: usize,
+    pub(super) kc: usize,
     mpad: usize,
     data: Vec<f32>,
-    bias: Vec<f32>,
+    pub(super) bias: Vec<f32>,
 }
 
 impl PackedWeights {
     /// Packs row-major `w` `[co, k]` and the optional bias for level `isa` (lowered to what
     /// this CPU has).
     pub fn new(w: &[f32], co: usize, k: usize, bias: Option<&[f32]>, isa: Isa) -> PackedWeights {
-        assert!(w.len() == co * k && bias.is_none_or(|b| b.len() == co), "packed weights: bad lengths");
         let isa = isa.capped();
         let micro = Micro::choose(isa, co);
         let (mr, nr) = micro.shape();
+        Self::pack(w, co, k, bias, isa, micro, mr, nr)
+    }
+
+    /// Packs a linear layer's `w` `[out, in]` as the B operand of [`super::linear`]: panels of
+    /// the micro-kernel's NR output features (`mr` holds that width here).
+    pub fn new_linear(w: &[f32], outf: usize, inf: usize, bias: Option<&[f32]>, isa: Isa) -> PackedWeights {
+        let isa = isa.capped();
+        // The wide AVX-512 kernel: fewer loads per FMA than 16x16 with the A panels packed
+        // per call.
+        let micro = Micro::choose(isa, 8);
+        let (_, nr) = micro.shape();
+        Self::pack(w, outf, inf, bias, isa, micro, nr, nr)
+    }
+
+    /// Panels of `mr` rows of `w` `[co, k]`, k-major within each k-block.
+    #[allow(clippy::too_many_arguments)]
+    fn pack(w: &[f32], co: usize, k: usize, bias: Option<&[f32]>, isa: Isa, micro: Micro, mr: usize, nr: usize) -> PackedWeights {
+        assert!(w.len() == co * k && bias.is_none_or(|b| b.len() == co), "packed weights: bad lengths");
         let mpad = co.div_ceil(mr) * mr;
         let kc = k.div_ceil(k.div_ceil(KC_MAX).max(1)).max(1);
         let mut data = vec![0f32; mpad * k];
@@ -88,8 +106,9 @@ impl PackedWeights {
         self.isa
     }
 
+    /// Panel `mp` of the k-block `k0..k0+kcl`.
     #[inline(always)]
-    fn panel(&self, k0: usize, kcl: usize, mp: usize) -> &[f32] {
+    pub(super) fn panel(&self, k0: usize, kcl: usize, mp: usize) -> &[f32] {
         &self.data[k0 * self.mpad + mp * self.mr * kcl..][..self.mr * kcl]
     }
 }

@@ -1,0 +1,177 @@
+//! Linear layers (`x @ w^T + b` on the last dim) on the GEMM micro-kernels: the weights are
+//! packed once as the B operand (panels of NR output features, [`PackedWeights::new_linear`]),
+//! rows of `x` are packed per call into MR-row panels (the A operand), and each C micro-tile is
+//! a block of the row-major output, so no transpose is needed. Tasks are (row block, output
+//! chunk) pairs; each tile accumulates all of k in a buffer, then takes bias and activation.
+
+use super::micro::{micro, Packed};
+use super::packed::PackedWeights;
+use super::{threads, uninit_vec, with_f32};
+use candle_core::{Device, Result, Tensor};
+use crate::kernels::cpu;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use tlc_compiler::ir::Activation;
+
+/// Rows of `x` per task.
+const RB: usize = 64;
+
+thread_local! {
+    static APACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The output buffer, written by tasks through disjoint blocks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint (row block, column chunk) blocks only, and the buffer
+// outlives them.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// `act(x @ w^T + b)` for `rows` rows of `x` (`[rows, in]` row-major) and weights packed with
+/// [`PackedWeights::new_linear`]; returns `[rows, out]`.
+pub fn linear(x: &[f32], rows: usize, pw: &PackedWeights, act: Option<Activation>) -> Vec<f32> {
+    let (inf, outf) = (pw.k, pw.co);
+    assert!(x.len() >= rows * inf, "linear: input too short");
+    let (mr, nr) = pw.micro.shape();
+    let npanels = outf.div_ceil(nr);
+    let rblocks = rows.div_ceil(RB);
+    let nsplit = (4 * threads()).div_ceil(rblocks).clamp(1, npanels);
+    let per = npanels.div_ceil(nsplit);
+    let nsplit = npanels.div_ceil(per);
+    // Every element is written by the task that owns it.
+    let mut out = uninit_vec(rows * outf);
+    let optr = OutPtr(out.as_mut_ptr());
+    (0..rblocks * nsplit).into_par_iter().for_each(|t| {
+        let (rb, chunk) = (t / nsplit, t % nsplit);
+        let (r0, r1) = (rb * RB, ((rb + 1) * RB).min(rows));
+        let (p0, p1) = (chunk * per, ((chunk + 1) * per).min(npanels));
+        APACK.with(|a| {
+            let mut a = a.borrow_mut();
+            let panels = (r1 - r0).div_ceil(mr);
+            if a.len() < panels * mr * inf {
+                a.resize(panels * mr * inf, 0.0);
+            }
+            // Every k-block of the row panels, k-block `k0` at `k0 * panels * mr`.
+            let mut k0 = 0;
+            while k0 < inf {
+                let kcl = pw.kc.min(inf - k0);
+                pack_rows(pw.isa, x, inf, r0, r1, k0, kcl, mr, &mut a[k0 * panels * mr..][..kcl * panels * mr]);
+                k0 += kcl;
+            }
+            for np in p0..p1 {
+                for pi in 0..panels {
+                    let (row, col) = (r0 + pi * mr, np * nr);
+                    let (nrows, ncols) = (mr.min(r1 - row), nr.min(outf - col));
+                    // SAFETY: rows row..row+nrows, columns col..col+ncols belong to this task.
+                    unsafe { tile(pw, &a[..panels * mr * inf], panels, pi, np, optr.at(row * outf + col), outf, nrows, ncols, act) };
+                }
+            }
+        });
+    });
+    out
+}
+
+/// One output tile: every k-block accumulated in a contiguous buffer (output rows are `out`
+/// floats apart, often a multiple of 4 KiB, which would put a tile's rows in one cache set),
+/// then bias, activation and the copy out.
+///
+/// # Safety
+/// `c` addresses `nrows` rows of `ncols` floats, `ldc` apart, that this caller alone writes;
+/// the CPU supports the kernel's level.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(pw: &PackedWeights, apack: &[f32], panels: usize, pi: usize, np: usize, c: *mut f32, ldc: usize, nrows: usize, ncols: usize, act: Option<Activation>) {
+    let (mr, nr) = pw.micro.shape();
+    let mut acc = [0f32; 16 * 32];
+    let zero = [0f32; 16];
+    let mut k0 = 0;
+    while k0 < pw.k {
+        let kcl = pw.kc.min(pw.k - k0);
+        let ap = apack[k0 * panels * mr + pi * kcl * mr..][..kcl * mr].as_ptr();
+        let bp = Packed(pw.panel(k0, kcl, np).as_ptr(), nr);
+        micro(pw.micro, kcl, ap, bp, acc.as_mut_ptr(), nr, (k0 == 0).then_some(&zero[..]));
+        k0 += kcl;
+    }
+    let bias = &pw.bias[np * nr..][..ncols];
+    for r in 0..nrows {
+        let row = &mut acc[r * nr..r * nr + ncols];
+        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        if let Some(f) = act {
+            cpu::act(pw.isa, f, row);
+        }
+        std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * ldc), ncols);
+    }
+}
+
+/// [`linear`] on a tensor (`[.., in]`, contiguous f32 on the CPU): `Ok(None)` when it does
+/// not apply.
+pub fn linear_tensor(x: &Tensor, pw: &PackedWeights, act: Option<Activation>) -> Result<Option<Tensor>> {
+    let dims = x.dims().to_vec();
+    if dims.last() != Some(&pw.k) {
+        return Ok(None);
+    }
+    let rows = x.elem_count() / pw.k.max(1);
+    let Some(out) = with_f32(x, |v| linear(v, rows, pw, act)) else { return Ok(None) };
+    let mut shape = dims;
+    if let Some(last) = shape.last_mut() {
+        *last = pw.co;
+    }
+    Ok(Some(Tensor::from_vec(out, shape, &Device::Cpu)?))
+}
+
+cpu::dispatch! {
+    /// Rows `r0..r1`, columns `k0..k0+kcl` of `x` (`inf` wide) as panels `[kk][mr]` of `mr`
+    /// rows each (rows past `r1` zero).
+    fn pack_rows(x: &[f32], inf: usize, r0: usize, r1: usize, k0: usize, kcl: usize, mr: usize, dst: &mut [f32]) {
+        for (pi, panel) in dst.chunks_exact_mut(kcl * mr).enumerate() {
+            for r in 0..mr {
+                let row = r0 + pi * mr + r;
+                if row < r1 {
+                    let src = &x[row * inf + k0..][..kcl];
+                    for (kk, &v) in src.iter().enumerate() {
+                        panel[kk * mr + r] = v;
+                    }
+                } else {
+                    for kk in 0..kcl {
+                        panel[kk * mr + r] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Isa;
+    use super::*;
+
+    #[test]
+    fn matches_a_naive_product_at_every_level() {
+        for &(rows, inf, outf) in &[(1, 5, 3), (197, 40, 70), (70, 300, 33), (16, 16, 16)] {
+            let x: Vec<f32> = (0..rows * inf).map(|i| (0.37 * i as f32 + 0.1).sin()).collect();
+            let w: Vec<f32> = (0..outf * inf).map(|i| (0.53 * i as f32 + 0.2).cos() * 0.3).collect();
+            let b: Vec<f32> = (0..outf).map(|i| i as f32 * 0.01 - 0.2).collect();
+            let want: Vec<f32> = (0..rows * outf)
+                .map(|i| {
+                    let (r, o) = (i / outf, i % outf);
+                    let s: f64 = (0..inf).map(|k| x[r * inf + k] as f64 * w[o * inf + k] as f64).sum();
+                    ((s + b[o] as f64).max(0.0)) as f32
+                })
+                .collect();
+            for isa in Isa::all_available() {
+                let pw = PackedWeights::new_linear(&w, outf, inf, Some(&b), isa);
+                let got = linear(&x, rows, &pw, Some(Activation::Relu));
+                let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst < 1e-4, "{isa:?} {rows}x{inf}x{outf}: {worst}");
+            }
+        }
+    }
+}
