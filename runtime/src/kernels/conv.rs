@@ -1,8 +1,10 @@
 //! 2-D convolution with PyTorch/TensorFlow padding, per-axis stride and dilation, groups.
 
+use super::depthwise::Plane;
+use super::grad::{Depthwise, Pointwise};
 use super::{pad2d, take_strided};
 
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 
 /// TensorFlow "SAME" padding `(before, after)` for one axis:
 /// total = max((ceil(in/s) - 1) * s + (k - 1) * d + 1 - in, 0), before = total / 2.
@@ -84,7 +86,14 @@ pub fn conv2d(
         }
     }
 
-    let y = if groups == c_in && c_out == c_in && groups > 1 {
+    let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+    let y = if cpu_f32 && groups == c_in && c_out == c_in && groups > 1 {
+        // Own forward and backward (see `grad`).
+        let g = Plane { h, w: wd, kh, kw, oh, ow, stride, pad, dil: dilation };
+        x.contiguous()?.apply_op2(&w.contiguous()?, Depthwise { n: _n, g, c: c_in })?
+    } else if cpu_f32 && groups == 1 && kh == 1 && kw == 1 && stride == [1, 1] && pad == [0; 4] {
+        x.contiguous()?.apply_op2(&w.contiguous()?, Pointwise { n: _n, ci: c_in, co: c_out, h, w: wd })?
+    } else if groups == c_in && c_out == c_in && groups > 1 {
         let xp = pad2d(x, pad, 0.0)?;
         depthwise(&xp, w, stride, dilation, oh, ow)?
     } else {

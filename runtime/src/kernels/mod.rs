@@ -8,6 +8,7 @@ mod act;
 mod conv;
 pub mod cpu;
 mod depthwise;
+mod grad;
 mod norm;
 mod pool;
 pub mod fast;

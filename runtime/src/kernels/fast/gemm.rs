@@ -3,7 +3,7 @@
 
 /// A read-only matrix view: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
 #[derive(Clone, Copy)]
-pub(super) struct Mat<'a> {
+pub(crate) struct Mat<'a> {
     pub data: &'a [f32],
     pub rows: usize,
     pub cols: usize,
@@ -30,7 +30,7 @@ impl Mat<'_> {
 /// `dst[m, n] = (accumulate ? dst : 0) + scale * a[m, k] * b[k, n]`, `dst` row-major with rows
 /// `dst_stride` apart; `threads > 1` lets the crate split the product over the rayon pool.
 /// Panics when the shapes disagree or a view reaches past its slice (a caller bug).
-pub(super) fn gemm(dst: &mut [f32], dst_stride: usize, accumulate: bool, a: Mat, b: Mat, scale: f32, threads: usize) {
+pub(crate) fn gemm(dst: &mut [f32], dst_stride: usize, accumulate: bool, a: Mat, b: Mat, scale: f32, threads: usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
     let d = Mat { data: dst, rows: m, cols: n, row_stride: dst_stride, col_stride: 1 };

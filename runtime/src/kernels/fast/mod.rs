@@ -17,7 +17,7 @@ pub mod packed;
 mod attention;
 mod conv;
 mod elementwise;
-mod gemm;
+pub(crate) mod gemm;
 mod linear;
 mod micro;
 mod pool;
