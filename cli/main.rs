@@ -53,6 +53,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if matches!(cli.command, Command::Run(_) | Command::Train(_) | Command::Eval(_) | Command::Features(_) | Command::Bench(_)) {
+        // Forward passes in a loop: reuse freed activations instead of remapping them.
+        tlc_runtime::memory::retain_freed_memory();
+    }
     let code = match cli.command {
         Command::Check(a) => inspect::check(a),
         Command::Summary(a) => inspect::summary(a),

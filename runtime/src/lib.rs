@@ -6,6 +6,7 @@ pub mod formula;
 pub mod hub;
 pub mod kernels;
 pub mod labels;
+pub mod memory;
 pub mod model;
 pub mod optimize;
 pub mod preprocess;
