@@ -28,7 +28,7 @@ pub struct OptimizedModel {
     /// Per unfolded BatchNorm node (new index): per-channel scale and shift.
     affine: HashMap<usize, (Vec<f32>, Vec<f32>)>,
     /// Per conv node (new index) with a BatchNorm prologue: its scale, shift and activation.
-    prologue: HashMap<usize, (Vec<f32>, Vec<f32>, Option<Activation>)>,
+    prologue: HashMap<usize, Prologue>,
     /// Per dense conv node (new index), on the CPU: weights and bias packed once for
     /// [`fast::packed`].
     packed: HashMap<usize, PackedWeights>,
@@ -38,6 +38,9 @@ pub struct OptimizedModel {
     /// The instruction-set level of the fast kernels.
     isa: Isa,
 }
+
+/// A BatchNorm prologue: per-channel scale and shift, then the activation.
+type Prologue = (Vec<f32>, Vec<f32>, Option<Activation>);
 
 fn vec1(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_device(&Device::Cpu)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)

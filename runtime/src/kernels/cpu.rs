@@ -204,10 +204,8 @@ fn sum_slice(v: &[f32]) -> f32 {
 #[inline(always)]
 pub(crate) fn act_slice(a: Activation, v: &mut [f32]) {
     match a {
-        // Selects rather than `f32::max`/`clamp` (whose NaN rules do not vectorise as well);
-        // NaN maps to 0 (ReLU) and stays NaN (ReLU6), as before.
-        Activation::Relu => map_all(v, |x| if x > 0.0 { x } else { 0.0 }),
-        Activation::Relu6 => map_all(v, |x| if x < 0.0 { 0.0 } else if x > 6.0 { 6.0 } else { x }),
+        Activation::Relu => map_all(v, |x| x.max(0.0)),
+        Activation::Relu6 => map_all(v, |x| x.clamp(0.0, 6.0)),
         Activation::LeakyRelu(s) => {
             let s = s as f32;
             map_all(v, |x| if x < 0.0 { x * s } else { x })

@@ -137,10 +137,10 @@ impl Layout {
             *db = pair[1];
         }
         // An odd width leaves one column, and a narrow scratch may not hold every pair.
-        for ic in 2 * pairs..w {
+        for (ic, &v) in src.iter().enumerate().skip(2 * pairs) {
             let pc = ic + pl;
             if pc / 2 < wq {
-                drow[(pc % 2) * wq + pc / 2] = src[ic];
+                drow[(pc % 2) * wq + pc / 2] = v;
             }
         }
     }
@@ -152,6 +152,7 @@ thread_local! {
 
 /// `o[oy, ox] = act(b0 + sum_{i,j} wc[i, j] * x[oy*s + i*d - p, ox*s + j*d - p])` for one
 /// plane (`o`: `oh * ow` floats); returns the sum of `o` when `want_sum`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn plane(x: &[f32], wc: &[f32], b0: f32, l: &Layout, act: Option<Activation>, want_sum: bool, isa: Isa, o: &mut [f32]) -> f32 {
     let g = &l.g;
     assert!(x.len() >= g.h * g.w && wc.len() == g.kh * g.kw && o.len() == g.oh * g.ow, "depthwise plane: bad slice lengths");

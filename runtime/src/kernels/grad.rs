@@ -87,13 +87,13 @@ impl Depthwise {
         gx.par_chunks_mut(hw).enumerate().for_each(|(pi, o)| {
             let ch = pi % self.c;
             let (gp, wc) = (&gy[pi * ohw..][..ohw], &w[ch * taps..][..taps]);
-            for t in 0..taps {
+            for (t, &wt) in wc.iter().enumerate() {
                 let (dy, dx) = ((t / g.kw) * g.dil[0], (t % g.kw) * g.dil[1]);
                 for oy in 0..g.oh {
                     let Some(iy) = (oy * g.stride[0] + dy).checked_sub(g.pad[0]).filter(|&y| y < g.h) else { continue };
                     for ox in 0..g.ow {
                         if let Some(ix) = (ox * g.stride[1] + dx).checked_sub(g.pad[2]).filter(|&x| x < g.w) {
-                            o[iy * g.w + ix] += wc[t] * gp[oy * g.ow + ox];
+                            o[iy * g.w + ix] += wt * gp[oy * g.ow + ox];
                         }
                     }
                 }

@@ -50,7 +50,7 @@ impl Micro {
     /// The kernel for `co` output channels at level `isa`.
     pub(super) fn choose(isa: Isa, co: usize) -> Micro {
         match isa {
-            Isa::Avx512 if co % 16 == 0 || co >= 128 => Micro::Avx512Tall,
+            Isa::Avx512 if co.is_multiple_of(16) || co >= 128 => Micro::Avx512Tall,
             Isa::Avx512 => Micro::Avx512Wide,
             Isa::Avx2 => Micro::Avx2,
             Isa::Portable => Micro::Portable,

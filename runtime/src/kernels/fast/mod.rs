@@ -15,6 +15,7 @@
 pub mod packed;
 
 mod attention;
+mod cols;
 mod conv;
 mod elementwise;
 pub(crate) mod gemm;
@@ -31,6 +32,9 @@ pub use pool::{global_pool, pool2d};
 
 use candle_core::{CpuStorage, Storage, Tensor};
 use tlc_compiler::ir::Activation;
+
+/// Output positions (GEMM columns) per task tile of the packed conv (a multiple of every NR).
+const NB: usize = 64;
 
 /// Runs `f` on the contiguous f32 CPU data of `t`, or returns `None`.
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {

@@ -12,7 +12,9 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn fast_conv_matches_portable() {
     // (x shape, w shape, stride, pad, dilation, groups)
-    let cases: &[([usize; 4], [usize; 4], [usize; 2], [usize; 4], [usize; 2], usize)] = &[
+    // (x shape, w shape, stride, pad, dilation, groups)
+    type Case = ([usize; 4], [usize; 4], [usize; 2], [usize; 4], [usize; 2], usize);
+    let cases: &[Case] = &[
         ([1, 8, 9, 9], [6, 8, 3, 3], [1, 1], [1; 4], [1, 1], 1),
         ([2, 8, 9, 10], [6, 8, 3, 3], [2, 2], [1; 4], [1, 1], 1),
         ([1, 8, 9, 9], [6, 8, 1, 1], [1, 1], [0; 4], [1, 1], 1),
@@ -74,7 +76,8 @@ fn linear_and_layer_norm() {
 #[test]
 fn pooling_matches_portable() {
     // (x shape, kernel, stride, pad, dilation, ceil, count_include_pad)
-    let cases: &[([usize; 4], [usize; 2], [usize; 2], [usize; 4], [usize; 2], bool, bool)] = &[
+    type Case = ([usize; 4], [usize; 2], [usize; 2], [usize; 4], [usize; 2], bool, bool);
+    let cases: &[Case] = &[
         ([1, 3, 12, 12], [3, 3], [2, 2], [1; 4], [1, 1], false, true),
         ([2, 2, 11, 13], [3, 3], [2, 2], [0; 4], [1, 1], true, true),
         ([1, 2, 9, 9], [3, 3], [1, 1], [1; 4], [1, 1], false, true),
