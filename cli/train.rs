@@ -157,7 +157,7 @@ impl SourceLoader for OverlayLoader {
 pub fn compile_text(path: &str, text: &str) -> Result<Graph> {
     let c = compile(path, &OverlayLoader { path: path.to_string(), text: text.to_string() }, &Options::default());
     if !c.diagnostics.is_empty() {
-        render::emit_stderr(&c.diagnostics, &c.sources);
+        render::emit_stderr(&c.diagnostics, &c.sources, crate::compile::color());
     }
     c.graph.ok_or_else(|| anyhow!("the generated transfer spec does not compile (see above)"))
 }

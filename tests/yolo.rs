@@ -359,3 +359,23 @@ fn unreadable_images_are_clear_errors() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+
+/// `tlc run --input X.npy --save-output Y.npy` on a detection spec saves the raw head output
+/// (issue 12): YOLOv8n's `[1, 84, 8400]` on the parity fixture's input and formula weights.
+#[test]
+fn raw_detection_outputs_from_a_tensor_input() {
+    let fx = shared().unwrap().join("parity/yolov8n");
+    let out_path = scratch("raw").join("y.npy");
+    let (weights, input) = (fx.join("weights.safetensors"), fx.join("input.npy"));
+    let args = ["run", "specs/yolov8.yaml", "--variant", "n", "--weights", weights.to_str().unwrap(), "--input", input.to_str().unwrap(), "--save-output", out_path.to_str().unwrap()];
+    let out = tlc(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = candle_core::Tensor::read_npy(&out_path).unwrap();
+    let want = candle_core::Tensor::read_npy(fx.join("output.npy")).unwrap();
+    let (max, std) = max_diff_and_std(&got, &want);
+    assert!(max <= 1e-3 * std, "max |diff| {max} vs std {std}");
+    // Without --save-output there is nothing to do with a raw detection output: a clear error.
+    let out = tlc(&args[..args.len() - 2]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--save-output"));
+}
