@@ -240,3 +240,26 @@ fn a_specs_renames_and_drops_apply_on_load() {
     assert_eq!(w.names().collect::<Vec<_>>(), ["block.norm1.bias", "block.norm1.running_mean", "block.norm1.running_var", "block.norm1.weight"]);
     tlc_runtime::Model::from_weights(graph, &w, false, &Device::Cpu).unwrap();
 }
+
+#[test]
+fn a_partial_file_left_by_a_killed_process_is_resumed() {
+    let home = temp("leftover");
+    let server = Server::start(assets().join("weights"), Behaviour::default());
+    let bytes = std::fs::read(assets().join("weights").join(YOLO_FILE)).unwrap();
+    let cache = home.join("tlc/weights");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join(format!("{YOLO_FILE}.part")), &bytes[..1000]).unwrap();
+    let out = tlc(&home, Some(&server.url), &[], &["weights", "fetch", "specs/yolo.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(server.requests()[0].range.as_deref(), Some("bytes=1000-"));
+    assert_eq!(sha256(&cache.join(YOLO_FILE)), YOLO_SHA256);
+    // A leftover from some other file fails the check once, then the file is fetched whole.
+    let home = temp("leftover-bad");
+    let cache = home.join("tlc/weights");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join(format!("{YOLO_FILE}.part")), vec![7u8; 1000]).unwrap();
+    let out = tlc(&home, Some(&server.url), &[], &["weights", "fetch", "specs/yolo.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sha256(&cache.join(YOLO_FILE)), YOLO_SHA256);
+    assert_eq!(cache_files(&home), vec![YOLO_FILE.to_string()]);
+}
