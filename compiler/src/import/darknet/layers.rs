@@ -119,6 +119,9 @@ pub(super) fn read(sections: &[Section], end: Span) -> Result<(Net, Vec<Layer>),
         let input = layers.last().map_or([net.channels, net.height, net.width], |l| l.shape);
         let prev = if index == 0 { INPUT } else { index - 1 };
         let (kind, inputs, shape) = layer(s, index, prev, input, &layers)?;
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > crate::ops::MAX_NUMEL) {
+            return Err(Diagnostic::error("E0506", s.span, format!("this layer's output {shape:?} is absurdly large")).label("too large"));
+        }
         layers.push(Layer { kind, inputs, input, shape, span: s.span });
     }
     Ok((net, layers))

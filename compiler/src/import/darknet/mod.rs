@@ -20,6 +20,7 @@ use crate::diag::Diagnostic;
 use crate::ir::{Graph, Op};
 use crate::span::{FileId, Sources, Span};
 use layers::Net;
+use std::collections::BTreeMap;
 use steps::{BnBlock, Plan};
 
 /// Translates the darknet cfg `cfg` (with class names from the `.names` file `names`), both
@@ -33,16 +34,10 @@ pub fn import(sources: &Sources, cfg: FileId, names: Option<FileId>) -> Result<S
     let labels = labels(sources, names, &layers).map_err(|d| vec![d])?;
     let (items, blocks) = fold::fold(&plan.steps);
     let mut out = header(sources.name(cfg), &net, &plan, labels);
-    out.push_str("\nblocks:\n");
-    for b in &plan.bn_blocks {
-        out.push_str(&bn_block(b));
-    }
-    for b in &blocks {
-        out.push('\n');
-        for line in &b.lines {
-            out.push_str(line);
-            out.push('\n');
-        }
+    let defs: Vec<String> = plan.bn_blocks.iter().map(bn_block).chain(blocks.iter().map(|b| b.lines.iter().map(|l| format!("{l}\n")).collect())).collect();
+    if !defs.is_empty() {
+        out.push_str("\nblocks:\n");
+        out.push_str(&defs.join("\n"));
     }
     out.push_str("\ngraph:\n");
     let mut w = write::Writer::new(&plan.steps, None, write::Nums::Values);
@@ -59,17 +54,24 @@ pub fn import(sources: &Sources, cfg: FileId, names: Option<FileId>) -> Result<S
 /// out_h * out_w` per max-pool (`maxpool_layer.c`) and `out_h * out_w * out_c * n` per
 /// shortcut of `n` added layers (`shortcut_layer.c`); other layers count nothing.
 pub fn bflops(graph: &Graph) -> f64 {
-    let mut total = 0u64;
+    bflops_by_layer(graph).values().sum()
+}
+
+/// [`bflops`] per darknet layer (the index of the `layers.<i>` nodes), as darknet prints them.
+pub fn bflops_by_layer(graph: &Graph) -> BTreeMap<usize, f64> {
+    let mut out = BTreeMap::new();
     for (_, n) in graph.nodes() {
+        let Some(layer) = n.name.strip_prefix("layers.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok()) else { continue };
         let numel = n.shape.as_ref().map_or(0, |s| s.iter().product::<usize>() as u64);
-        total += match &n.op {
+        let flops = match &n.op {
             Op::Conv { .. } => 2 * n.macs,
             Op::MaxPool { kernel, .. } => (kernel[0] * kernel[1]) as u64 * numel,
             Op::Add => numel * n.inputs.len().saturating_sub(1) as u64,
             _ => 0,
         };
+        *out.entry(layer).or_insert(0.0) += flops as f64 / 1e9;
     }
-    total as f64 / 1e9
+    out
 }
 
 /// The `labels:` value: the `.names` file's lines, COCO for 80 classes, else none.
@@ -89,7 +91,8 @@ fn labels(sources: &Sources, names: Option<FileId>, layers: &[layers::Layer]) ->
     }
     if let Some((c, span)) = classes {
         if c != list.len() {
-            return Err(Diagnostic::error("E0508", Span::new(file, 0, text.len().min(1)), format!("the names file has {} names, the network {c} classes", list.len()))
+            let first = text.find('\n').unwrap_or(text.len());
+            return Err(Diagnostic::error("E0508", Span::new(file, 0, first), format!("the names file has {} names but the cfg says classes={c}", list.len()))
                 .with_label(span, format!("classes={c}")));
         }
     }
