@@ -10,11 +10,11 @@ use tlc_compiler::{compile, import, render, Options};
 #[derive(Args)]
 pub struct ImportArgs {
     #[command(subcommand)]
-    from: From,
+    from: Source,
 }
 
 #[derive(Subcommand)]
-enum From {
+enum Source {
     /// A darknet .cfg (Yolo-Fastest, YOLOv3/v4 tiny, ...): layers named `layers.<index>`, so the
     /// darknet .weights load as they are.
     Darknet(DarknetArgs),
@@ -34,7 +34,7 @@ struct DarknetArgs {
 
 /// Runs `tlc import`: 0 on success, 1 for a cfg the importer refuses, 2 for I/O errors.
 pub fn import_cmd(a: ImportArgs) -> u8 {
-    let From::Darknet(a) = a.from;
+    let Source::Darknet(a) = a.from;
     let mut sources = Sources::default();
     let mut read = |p: &PathBuf| match std::fs::read_to_string(p) {
         Ok(t) => Ok(sources.add(&p.display().to_string(), t)),
