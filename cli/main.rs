@@ -5,6 +5,7 @@ mod bench;
 mod compile;
 mod eval;
 mod features;
+mod import;
 mod inspect;
 mod run;
 mod train;
@@ -46,6 +47,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Pretrained checkpoints: list, fetch, path, verify.
     Weights(weights::WeightsArgs),
+    /// Translate another framework's network description into a spec.
+    Import(import::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Features(a) => features::features(a),
         Command::Bench(a) => bench::bench(a),
         Command::Weights(a) => weights::weights(a),
+        Command::Import(a) => import::import_cmd(a),
     };
     ExitCode::from(code)
 }

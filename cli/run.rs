@@ -238,8 +238,8 @@ fn detect_one(
         cands = decode_v8(&y.get(i)?, net, a.conf.unwrap_or(0.25))?;
     } else {
         for (id, t) in heads.iter().zip(head_outs) {
-            if let tlc_compiler::ir::Op::YoloHead { classes, anchors, mask } = &model.graph.node(*id).op {
-                cands.extend(decode_darknet(&t.get(i)?, anchors, mask, *classes, net, a.conf.unwrap_or(0.3))?);
+            if let tlc_compiler::ir::Op::YoloHead { classes, anchors, mask, scale_xy } = &model.graph.node(*id).op {
+                cands.extend(decode_darknet(&t.get(i)?, anchors, mask, *classes, *scale_xy as f32, net, a.conf.unwrap_or(0.3))?);
             }
         }
     }

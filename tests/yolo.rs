@@ -222,8 +222,8 @@ fn tlc_on_golden_input(golden: &std::collections::HashMap<String, candle_core::T
     let (_, outs) = model.forward_with(&golden["input"], &heads).unwrap();
     let mut cands = Vec::new();
     for (id, t) in heads.iter().zip(&outs) {
-        let tlc_compiler::ir::Op::YoloHead { classes, anchors, mask } = &model.graph.node(*id).op else { unreachable!() };
-        cands.extend(decode_darknet(&t.get(0).unwrap(), anchors, mask, *classes, (320, 320), 0.3).unwrap());
+        let tlc_compiler::ir::Op::YoloHead { classes, anchors, mask, scale_xy } = &model.graph.node(*id).op else { unreachable!() };
+        cands.extend(decode_darknet(&t.get(0).unwrap(), anchors, mask, *classes, *scale_xy as f32, (320, 320), 0.3).unwrap());
     }
     let p = Post { net_hw: (320, 320), scale: ((320.0 / 576.0) as f32, (320.0 / 768.0) as f32), pad: (0.0, 0.0), iou: 0.45, mode: NmsMode::reference(true), clip: None, max_det: None };
     let names = tlc_runtime::labels::names(&tlc_compiler::ir::Labels::Builtin("coco".into()));

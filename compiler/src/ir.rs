@@ -65,6 +65,8 @@ pub enum Activation {
     Sigmoid,
     /// tanh
     Tanh,
+    /// x * tanh(softplus(x)) (darknet's mish)
+    Mish,
 }
 
 /// A primitive operation with its attributes. Shape rules live in `ops/`.
@@ -134,8 +136,9 @@ pub enum Op {
     PatchMerge,
     /// YOLOv8 detection decode: per level `[4*reg_max + classes, H, W]` inputs, to `[4 + classes, N]`.
     DetectV8 { classes: usize, reg_max: usize, strides: Vec<usize> },
-    /// Darknet YOLO layer: raw `[A*(5+classes), H, W]` head, kept raw (decode happens in `tlc run`).
-    YoloHead { classes: usize, anchors: Vec<[usize; 2]>, mask: Vec<usize> },
+    /// Darknet YOLO layer: raw `[A*(5+classes), H, W]` head, kept raw (decode happens in `tlc run`);
+    /// `scale_xy` is darknet's `scale_x_y` (box centres `σ(t)·scale_xy − (scale_xy − 1)/2`).
+    YoloHead { classes: usize, anchors: Vec<[usize; 2]>, mask: Vec<usize>, scale_xy: f64 },
 }
 
 /// Kind of a parameter, for initialisation and training.

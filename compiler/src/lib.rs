@@ -10,6 +10,7 @@ pub mod diag;
 pub mod emit;
 pub mod expr;
 pub mod header;
+pub mod import;
 pub mod ir;
 pub mod lower;
 pub mod meta;

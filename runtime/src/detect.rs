@@ -45,11 +45,12 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Decodes one darknet `[yolo]` head (`[A*(5+C), H, W]` for one image): `x = (σ(tx)+gx)/W`,
+/// Decodes one darknet `[yolo]` head (`[A*(5+C), H, W]` for one image): `x = (σ(tx)·α − (α−1)/2
+/// + gx)/W` with α = `scale_x_y` (darknet's `forward_yolo_layer`; 1 for plain YOLOv3 heads),
 /// `w = e^tw * anchor_w / net_w`, score = σ(obj) · σ(class) of the box's best class (as
 /// OpenCV's darknet importer reports it); keeps boxes whose score exceeds `conf` (the
 /// reference's `conf > 0.3`).
-pub fn decode_darknet(head: &Tensor, anchors: &[[usize; 2]], mask: &[usize], classes: usize, net_hw: (usize, usize), conf: f32) -> Result<Vec<Candidate>> {
+pub fn decode_darknet(head: &Tensor, anchors: &[[usize; 2]], mask: &[usize], classes: usize, scale_xy: f32, net_hw: (usize, usize), conf: f32) -> Result<Vec<Candidate>> {
     let (c, h, w) = head.dims3()?;
     let na = mask.len();
     if c != na * (5 + classes) {
@@ -63,8 +64,9 @@ pub fn decode_darknet(head: &Tensor, anchors: &[[usize; 2]], mask: &[usize], cla
             for (a, &m) in mask.iter().enumerate() {
                 let base = a * (5 + classes);
                 let obj = sigmoid(at(base + 4, y, x));
-                let cx = (sigmoid(at(base, y, x)) + x as f32) / w as f32;
-                let cy = (sigmoid(at(base + 1, y, x)) + y as f32) / h as f32;
+                let centre = |t: f32| sigmoid(t) * scale_xy - (scale_xy - 1.0) / 2.0;
+                let cx = (centre(at(base, y, x)) + x as f32) / w as f32;
+                let cy = (centre(at(base + 1, y, x)) + y as f32) / h as f32;
                 let bw = at(base + 2, y, x).exp() * anchors[m][0] as f32 / net_hw.1 as f32;
                 let bh = at(base + 3, y, x).exp() * anchors[m][1] as f32 / net_hw.0 as f32;
                 let (mut best, mut class) = (f32::MIN, 0);
@@ -314,6 +316,24 @@ mod tests {
         let (s, c) = ([0.9, 0.8, 0.7, 0.5], [0, 0, 1, 0]);
         assert_eq!(nms(&b, &s, &c, 0.45, NmsMode::ClassWise), vec![0, 2, 3]);
         assert_eq!(nms(&b, &s, &c, 0.45, NmsMode::Agnostic), vec![0, 3]);
+    }
+
+    #[test]
+    fn darknet_scale_x_y_stretches_box_centres() {
+        // One cell of a 2x2 grid, one anchor, one class: σ(ln 3) = 0.75, so the centre offset
+        // is 0.75 with scale_x_y 1 and 0.75·2 − 0.5 = 1.0 with scale_x_y 2 (darknet's
+        // `scal_add_cpu(…, scale_x_y, -0.5*(scale_x_y - 1), …)`).
+        let mut v = vec![-20.0f32; 6 * 4];
+        for (ch, val) in [(0, 3f32.ln()), (1, 3f32.ln()), (2, 0.0), (3, 0.0), (4, 20.0), (5, 20.0)] {
+            v[ch * 4] = val; // cell (0, 0)
+        }
+        let head = Tensor::from_vec(v, (6, 2, 2), &candle_core::Device::Cpu).unwrap();
+        for (scale, want) in [(1.0, 0.75 / 2.0), (2.0, 1.0 / 2.0)] {
+            let c = decode_darknet(&head, &[[4, 4]], &[0], 1, scale, (8, 8), 0.5).unwrap();
+            assert_eq!(c.len(), 1);
+            assert!((c[0].cxcywh[0] - want).abs() < 1e-6 && (c[0].cxcywh[1] - want).abs() < 1e-6, "{:?}", c[0].cxcywh);
+            assert_eq!(c[0].cxcywh[2], 0.5);
+        }
     }
 
     /// A candidate in a 256x256 image run at 256x256, from pixel left, top, width, height.

@@ -38,6 +38,7 @@ fn act(a: Activation, x: &Tensor) -> Result<Tensor> {
         Activation::HardSigmoid => k::hard_sigmoid(x),
         Activation::Sigmoid => k::sigmoid(x),
         Activation::Tanh => x.tanh(),
+        Activation::Mish => k::mish(x),
     }
 }
 

@@ -226,6 +226,7 @@ fn apply(act: Option<Activation>, x: Tensor) -> Result<Tensor> {
         Some(Activation::HardSigmoid) => k::hard_sigmoid(&x)?,
         Some(Activation::Sigmoid) => k::sigmoid(&x)?,
         Some(Activation::Tanh) => x.tanh()?,
+        Some(Activation::Mish) => k::mish(&x)?,
     })
 }
 

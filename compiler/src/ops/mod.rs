@@ -33,6 +33,7 @@ pub const OPS: &[(&str, &str)] = &[
     ("hardsigmoid", "hard sigmoid"),
     ("sigmoid", "sigmoid"),
     ("tanh", "tanh"),
+    ("mish", "mish: x * tanh(softplus(x))"),
     ("softmax", "softmax(dim=-1)"),
     ("linear", "linear(out, bias=true) on the last dim"),
     ("maxpool", "maxpool(k, s=k, p=0|\"same\", d=1, ceil=false)"),
@@ -61,7 +62,7 @@ pub const OPS: &[(&str, &str)] = &[
     ("window_attention", "window_attention(heads, window=7, shift=0): Swin attention on [H, W, C]"),
     ("patch_merge", "Swin patch merging [H,W,C] -> [H/2,W/2,4C]"),
     ("detect_v8", "detect_v8(classes, reg_max=16, strides=[8,16,32]): YOLOv8 decode"),
-    ("yolo_head", "yolo_head(classes, anchors, mask): darknet YOLO output layer"),
+    ("yolo_head", "yolo_head(classes, anchors, mask, scale_xy=1): darknet YOLO output layer"),
 ];
 
 /// True if `name` is a primitive op.

@@ -50,6 +50,7 @@ fn act_slice_impl(a: Activation, v: &mut [f32]) {
         Activation::HardSigmoid => v.iter_mut().for_each(|x| *x = (*x + 3.0).clamp(0.0, 6.0) / 6.0),
         Activation::Sigmoid => v.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
         Activation::Tanh => v.iter_mut().for_each(|x| *x = x.tanh()),
+        Activation::Mish => v.iter_mut().for_each(|x| *x *= (x.max(0.0) + (-x.abs()).exp().ln_1p()).tanh()),
         Activation::Gelu => v.iter_mut().for_each(|x| *x = 0.5 * *x * (1.0 + erf_f32(*x * std::f32::consts::FRAC_1_SQRT_2))),
     }
 }
@@ -832,6 +833,16 @@ mod tests {
         assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
         let worst = (-870..880).map(|i| i as f32 * 0.1).map(|x| ((exp_f32(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs()).fold(0.0, f64::max);
         assert!(worst < 1e-6, "exp {worst}");
+    }
+
+    #[test]
+    fn fused_mish_matches_portable() {
+        let x = sin_input(&[1, 2, 3, 7]).affine(12.0, 0.0).unwrap();
+        let mut v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        apply_act(Some(Activation::Mish), &mut v);
+        let want: Vec<f32> = crate::kernels::mish(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let worst = v.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-5, "{worst}");
     }
 
     #[test]
