@@ -54,7 +54,7 @@ pub fn import_cmd(a: ImportArgs) -> u8 {
     let spec = match import::darknet::import(&sources, cfg, names) {
         Ok(s) => s,
         Err(diags) => {
-            render::emit_stderr(&diags, &sources);
+            render::emit_stderr(&diags, &sources, crate::compile::color());
             eprintln!("error: `{}` cannot be imported", a.cfg.display());
             return 1;
         }
@@ -62,7 +62,7 @@ pub fn import_cmd(a: ImportArgs) -> u8 {
     let target = a.output.as_ref().map_or("<stdout>".to_string(), |p| p.display().to_string());
     let checked = compile(&target, &MemoryLoader([(target.clone(), spec.clone())].into()), &Options::default());
     let Some(graph) = checked.graph else {
-        render::emit_stderr(&checked.diagnostics, &checked.sources);
+        render::emit_stderr(&checked.diagnostics, &checked.sources, crate::compile::color());
         eprintln!("error: the spec imported from `{}` does not compile (an importer bug; please report it)", a.cfg.display());
         return 1;
     };
