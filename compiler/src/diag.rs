@@ -43,6 +43,8 @@ pub struct Diagnostic {
     pub message: String,
     /// The main span first, then secondary ones.
     pub labels: Vec<Label>,
+    /// Facts that explain the message (examples, lists), rendered before the hints.
+    pub notes: Vec<String>,
     /// Suggestions such as "did you mean `stride`?".
     pub hints: Vec<String>,
     /// Block expansions from the outermost call inwards.
@@ -57,6 +59,7 @@ impl Diagnostic {
             code,
             message: message.into(),
             labels: vec![Label { span, message: String::new() }],
+            notes: Vec::new(),
             hints: Vec::new(),
             trace: Vec::new(),
         }
@@ -69,6 +72,11 @@ impl Diagnostic {
     /// Adds a secondary label.
     pub fn with_label(mut self, span: Span, message: impl Into<String>) -> Self {
         self.labels.push(Label { span, message: message.into() });
+        self
+    }
+    /// Adds a note.
+    pub fn note(mut self, note: impl Into<String>) -> Self {
+        self.notes.push(note.into());
         self
     }
     /// Adds a hint.
