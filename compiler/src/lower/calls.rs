@@ -54,7 +54,7 @@ impl Lowerer {
             }
         }
         if let Some(b) = self.blocks.get(callee).cloned() {
-            return self.instantiate(&b, (callee_span, s.expr.span), pos, kwargs, (name, origin), inputs, ctx);
+            return self.instantiate(&b, callee_span, s.expr.span, pos, kwargs, name, origin, inputs, ctx);
         }
         let mut kw = Vec::new();
         for (k, ks, e) in kwargs {
@@ -90,14 +90,17 @@ impl Lowerer {
         }
     }
 
-    /// Expands block `b` called at `(callee_span, call_span)` as the scope `name`.
+    /// Expands block `b` as the scope `name` (opened as `origin` says).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn instantiate(
         &mut self,
         b: &BlockDef,
-        (callee_span, call_span): (Span, Span),
+        callee_span: Span,
+        call_span: Span,
         pos: Vec<(Value, Span)>,
         kwargs: &[(String, Span, Expr)],
-        (name, origin): (String, ScopeOrigin),
+        name: String,
+        origin: ScopeOrigin,
         inputs: Vec<NodeId>,
         ctx: &Ctx,
     ) -> NodeId {

@@ -137,7 +137,7 @@ impl Lowerer {
     fn error(&mut self, d: Diagnostic, ctx: &Ctx) {
         let mut d = d;
         if d.trace.is_empty() {
-            d.trace = ctx.trace.clone();
+            d.trace = ctx.trace.clone().into_boxed_slice();
         }
         if self.diags.len() < 200 {
             self.diags.push(d);
