@@ -150,3 +150,36 @@ fn an_unreadable_checkpoint_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("not_a_checkpoint.pth"), "{err}");
 }
+
+/// Every zoo spec matches its own parameter list; the usual ways a list goes wrong (a tensor
+/// dropped, a wrapper prefix, a renamed or renumbered segment, another shape) are reported and
+/// never panic.
+#[test]
+fn zoo_specs_match_themselves_and_mutations_are_reported() {
+    let mut specs: Vec<String> = std::fs::read_dir(common::root().join("specs"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| format!("specs/{}", e.file_name().to_string_lossy()))
+        .filter(|n| n.ends_with(".yaml") && std::fs::read_to_string(common::root().join(n)).unwrap().lines().any(|l| l.starts_with("graph:")))
+        .collect();
+    specs.push("examples/shufflenet_v2.yaml".into());
+    for spec in specs {
+        let g = common::compile_spec(&spec, None);
+        let own: Vec<(String, Vec<usize>)> = g.params().map(|p| (p.name.clone(), p.shape.clone())).collect();
+        assert!(against::compare(&g, &own).ok(), "{spec} does not match its own parameter list");
+        let mid = own.len() / 2;
+        let renumber = |n: &str| n.split('.').map(|s| s.parse::<usize>().map(|i| (i + 1).to_string()).unwrap_or(s.to_string())).collect::<Vec<_>>().join(".");
+        let mutations: Vec<(&str, Vec<(String, Vec<usize>)>)> = vec![
+            ("dropped", own.iter().enumerate().filter(|(i, _)| *i != mid).map(|(_, p)| p.clone()).collect()),
+            ("prefixed", own.iter().map(|(n, s)| (format!("model.{n}"), s.clone())).collect()),
+            ("renamed", own.iter().map(|(n, s)| (n.replacen('.', "_x.", 1), s.clone())).collect()),
+            ("renumbered", own.iter().map(|(n, s)| (renumber(n), s.clone())).collect()),
+            ("reshaped", own.iter().enumerate().map(|(i, (n, s))| (n.clone(), if i == mid { vec![s.iter().product::<usize>() + 1] } else { s.clone() })).collect()),
+        ];
+        for (what, list) in mutations.into_iter().filter(|(_, list)| *list != own) {
+            let c = against::compare(&g, &list);
+            assert!(!c.ok() && !c.diagnostics.is_empty(), "{spec}: the {what} list was accepted");
+            assert_eq!(c.matched + c.moved + c.mis_shaped + c.unexpected, c.spec_tensors, "{spec}: {what}: every spec tensor is counted once");
+        }
+    }
+}

@@ -265,7 +265,8 @@ fn shift(maps: &[&Mapping]) -> Option<(usize, i64)> {
 fn renumber(r: &Report, scope: &str, maps: &[&Mapping], tensors: usize) -> Diagnostic {
     let depth = segments(scope).len();
     let first = maps.iter().min_by_key(|m| segments(&m.spec).get(depth).and_then(|s| s.parse::<usize>().ok())).unwrap();
-    let item = segments(&first.spec)[..=depth.min(segments(&first.spec).len() - 1)].join(".");
+    let segs = segments(&first.spec);
+    let item = segs[..(depth + 1).min(segs.len())].join(".");
     let span = r.constructs.span_of(&item);
     let within = match r.constructs.scopes.get(scope).and_then(|s| s.block.as_deref()) {
         Some(b) => format!("block `{b}` (`{scope}`)"),
