@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use tlc_compiler::ir::Graph;
-use tlc_compiler::span::SourceLoader;
+use tlc_compiler::span::{SourceLoader, Sources};
 use tlc_compiler::{compile, render, Options};
 
 /// Whether diagnostics are coloured, decided once in `main` from `--color` and the environment.
@@ -54,6 +54,11 @@ impl Failure {
 
 /// Compiles `path` for `variant`, printing diagnostics on stderr.
 pub fn load(path: &str, variant: Option<&str>) -> Result<Graph, Failure> {
+    load_with_sources(path, variant).map(|(g, _)| g)
+}
+
+/// Like [`load`], also returning the files read (to render later diagnostics about the spec).
+pub fn load_with_sources(path: &str, variant: Option<&str>) -> Result<(Graph, Sources), Failure> {
     if let Err(e) = std::fs::metadata(path) {
         eprintln!("error: cannot read `{path}`: {e}");
         return Err(Failure::Io);
@@ -63,7 +68,7 @@ pub fn load(path: &str, variant: Option<&str>) -> Result<Graph, Failure> {
         render::emit_stderr(&c.diagnostics, &c.sources, color());
     }
     match c.graph {
-        Some(g) => Ok(g),
+        Some(g) => Ok((g, c.sources)),
         None => {
             let n = c.diagnostics.iter().filter(|d| d.severity == tlc_compiler::diag::Severity::Error).count();
             eprintln!("error: `{path}` has {n} error{}", if n == 1 { "" } else { "s" });

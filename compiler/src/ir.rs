@@ -212,6 +212,24 @@ pub struct Scope {
     pub output: NodeId,
     /// Block that was expanded, if any.
     pub block: Option<String>,
+    /// What opened the scope.
+    pub origin: ScopeOrigin,
+    /// The spec text that opened it: the block call or the item's name.
+    #[serde(skip)]
+    pub span: Span,
+}
+
+/// The spec construct that opened a [`Scope`] (for explaining names, see `against`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ScopeOrigin {
+    /// A block called without a name: the scope is the next index of the enclosing one.
+    UnnamedCall,
+    /// A block called with a name (`layer1: stage(...)`).
+    NamedCall,
+    /// A named item holding a list or a chain (`features: [...]`).
+    NamedItem,
+    /// One iteration of a `repeat`/`dense` with `name:`.
+    RepeatName,
 }
 
 /// What a model is for: decides what `tlc run` prints.

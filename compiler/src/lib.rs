@@ -5,6 +5,7 @@
 //! the [`ir`] graph while [`ops`] checks shapes; [`emit`] prints DOT, summaries and
 //! parameter lists. Files are read only through the [`span::SourceLoader`] handed in.
 
+pub mod against;
 pub mod checkpoint;
 pub mod diag;
 pub mod emit;

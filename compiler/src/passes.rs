@@ -260,7 +260,7 @@ pub fn optimize(g: &Graph) -> Optimized {
     let scopes = g
         .scopes
         .iter()
-        .filter_map(|s| map[s.output.index()].map(|o| crate::ir::Scope { name: s.name.clone(), output: o, block: s.block.clone() }))
+        .filter_map(|s| map[s.output.index()].map(|o| crate::ir::Scope { output: o, ..s.clone() }))
         .collect();
     let graph = Graph { meta: g.meta.clone(), graph, output, scopes, param_order: g.param_order.clone() };
     Optimized { graph, folds, acts, map, last_use, residual, stats }

@@ -56,6 +56,7 @@ fn to_codespan(d: &Diagnostic, sources: &Sources) -> cr::Diagnostic<usize> {
             col
         ));
     }
+    notes.extend(d.notes.iter().flat_map(|n| n.iter().cloned()));
     for h in &d.hints {
         notes.push(format!("help: {h}"));
     }

@@ -98,11 +98,9 @@ pub fn eval(op: &Op, ins: &[Tensor], p: &dyn ParamSource) -> Result<Tensor> {
         }
         Op::Flatten { start } => x.flatten_from(*start)?,
         Op::Reshape { dims } => {
-            let n = x.dim(0)?;
-            let total: usize = x.dims()[1..].iter().product();
-            let known: usize = dims.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
-            let mut shape = vec![n];
-            shape.extend(dims.iter().map(|&d| if d < 0 { total / known.max(1) } else { d as usize }));
+            let sample = tlc_compiler::ops::reshape_dims(dims, &x.dims()[1..]).map_err(|e| candle_core::Error::Msg(format!("reshape: {}", e.message)))?;
+            let mut shape = vec![x.dim(0)?];
+            shape.extend(sample);
             x.reshape(shape)?
         }
         Op::Permute { perm } => x.permute(perm.clone())?.contiguous()?,

@@ -4,7 +4,7 @@
 
 use crate::diag::{did_you_mean, Diagnostic, Frame};
 use crate::expr::{eval, parse_chain, render_template, Env, Expr, ExprKind, Step, Value};
-use crate::ir::{Node, NodeId, Op, Param, Scope};
+use crate::ir::{Node, NodeId, Op, Param, Scope, ScopeOrigin};
 use crate::ops::{self, Args};
 use crate::spec::BlockDef;
 use crate::span::Span;
@@ -137,7 +137,7 @@ impl Lowerer {
     fn error(&mut self, d: Diagnostic, ctx: &Ctx) {
         let mut d = d;
         if d.trace.is_empty() {
-            d.trace = ctx.trace.clone();
+            d.trace = ctx.trace.clone().into_boxed_slice();
         }
         if self.diags.len() < 200 {
             self.diags.push(d);
@@ -340,7 +340,7 @@ impl Lowerer {
                             return self.poison(cur, k.span, ctx);
                         }
                     };
-                    return self.named(&name, k.span, v, inputs, ctx);
+                    return self.named(&name, k.span, v, inputs, ctx, false);
                 }
                 None => match get("do") {
                     Some(d) => self.unnamed_with_inputs(d, inputs, ctx),
@@ -377,12 +377,18 @@ impl Lowerer {
         }
     }
 
-    /// `name: value`: a single layer named `name`, or a sub-scope for a chain or a body.
-    fn named(&mut self, name: &str, name_span: Span, v: &Yaml, inputs: Vec<NodeId>, ctx: &Ctx) -> NodeId {
+    /// `name: value`: a single layer named `name`, or a sub-scope for a chain or a body;
+    /// `repeat_name` when the name is a `repeat`'s `name:` template.
+    fn named(&mut self, name: &str, name_span: Span, v: &Yaml, inputs: Vec<NodeId>, ctx: &Ctx, repeat_name: bool) -> NodeId {
         ctx.next_index();
+        let (call_origin, origin) = if repeat_name {
+            (ScopeOrigin::RepeatName, ScopeOrigin::RepeatName)
+        } else {
+            (ScopeOrigin::NamedCall, ScopeOrigin::NamedItem)
+        };
         let out = match &v.kind {
             Kind::Str(text) => match parse_chain(text, v.span) {
-                Ok(steps) if steps.len() == 1 && steps[0].name.is_none() => self.step_named(&steps[0], name.to_string(), inputs, ctx),
+                Ok(steps) if steps.len() == 1 && steps[0].name.is_none() => self.step_named(&steps[0], name.to_string(), inputs, ctx, call_origin),
                 Ok(steps) => {
                     let sub = ctx.child_scope(name);
                     let mut ins = inputs;
@@ -392,7 +398,7 @@ impl Lowerer {
                         c = self.step(s, n, std::mem::take(&mut ins), &sub);
                         ins = vec![c];
                     }
-                    self.scopes.push(Scope { name: sub.scope.clone(), output: c, block: None });
+                    self.scopes.push(Scope { name: sub.scope.clone(), output: c, block: None, origin, span: name_span });
                     c
                 }
                 Err(d) => {
@@ -409,7 +415,7 @@ impl Lowerer {
                 let mut sub = sub;
                 sub.inputs = inputs.clone();
                 let c = self.body(v, inputs[0], &sub);
-                self.scopes.push(Scope { name: sub.scope.clone(), output: c, block: None });
+                self.scopes.push(Scope { name: sub.scope.clone(), output: c, block: None, origin, span: name_span });
                 c
             }
         };

@@ -13,6 +13,7 @@ mod tensor;
 mod transformer;
 
 pub use args::Args;
+pub use tensor::reshape_dims;
 
 use crate::diag::Diagnostic;
 use crate::ir::{Op, ParamKind};
@@ -42,7 +43,7 @@ pub const OPS: &[(&str, &str)] = &[
     ("global_avgpool", "global average pool to [C,1,1]"),
     ("global_maxpool", "global max pool to [C,1,1]"),
     ("flatten", "flatten(start=1)"),
-    ("reshape", "reshape(d0, d1, ...) per sample (batch kept), one dim may be -1"),
+    ("reshape", "reshape(d0, d1, ...) per sample (batch kept): one dim may be -1, 0 keeps the input's dim there"),
     ("permute", "permute(0, ...) with PyTorch dims, batch first"),
     ("select", "select(dim, index): take one index and drop the dim"),
     ("dropout", "dropout(p=0.5): identity at inference"),
