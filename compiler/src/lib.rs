@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod diag;
+pub mod draw;
 pub mod emit;
 pub mod expr;
 pub mod header;
