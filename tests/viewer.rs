@@ -95,7 +95,8 @@ fn test_script(block: &str, node: &str, query: &str) -> String {
 
 /// The recorded JSON from a dumped DOM.
 fn results(dom: &str) -> serde_json::Value {
-    let start = dom.find("<pre id=\"test-out\">").expect("the test script ran and wrote its results") + "<pre id=\"test-out\">".len();
+    let tag = dom.find("<pre id=\"test-out\"").expect("the test script ran and wrote its results");
+    let start = tag + dom[tag..].find('>').expect("end of the tag") + 1;
     let end = start + dom[start..].find("</pre>").expect("end of results");
     let text = dom[start..end].replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&amp;", "&");
     serde_json::from_str(&text).expect("results are JSON")

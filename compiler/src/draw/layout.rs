@@ -103,14 +103,15 @@ pub fn layout(items: &[Item], edges: &[Edge], sp: Spacing) -> Layout {
         .map(|(e, &r)| if r { (e.to, e.from, e.to_port, e.from_port) } else { (e.from, e.to, e.from_port, e.to_port) })
         .collect();
     let rank = assign_ranks(items, &ends);
-    let (mut verts, slots, bend_ids, trunk) = proper_graph(items, &ends, &rank);
+    let (verts, slots, bend_ids, trunk) = proper_graph(items, &ends, &rank);
     let nranks = verts.iter().map(|v| v.rank + 1).max().unwrap_or(0);
     let mut ranks: Vec<Vec<usize>> = vec![Vec::new(); nranks];
     for v in initial_order(&verts, items.len()) {
         ranks[verts[v].rank].push(v);
     }
     reduce_crossings(&verts, &mut ranks);
-    let xs = coordinates(&mut verts, &ranks, sp);
+    let mut xs = coordinates(&verts, &ranks, sp);
+    straighten(&verts, &ranks, &mut xs, &bend_ids, sp);
     Layout {
         x: (0..items.len()).map(|i| xs[i]).collect(),
         bends: bend_ids.iter().map(|ids| ids.iter().map(|&v| xs[v]).collect()).collect(),
@@ -311,7 +312,7 @@ fn crossings(verts: &[Vertex], ranks: &[Vec<usize>]) -> usize {
 
 /// Across-axis anchors: packed ranks, then sweeps placing each rank as close as possible
 /// (weighted least squares) to its neighbours above, then below, then both.
-fn coordinates(verts: &mut [Vertex], ranks: &[Vec<usize>], sp: Spacing) -> Vec<f64> {
+fn coordinates(verts: &[Vertex], ranks: &[Vec<usize>], sp: Spacing) -> Vec<f64> {
     let mut x = vec![0.0; verts.len()];
     for r in ranks {
         let want = vec![0.0; r.len()];
@@ -322,11 +323,11 @@ fn coordinates(verts: &mut [Vertex], ranks: &[Vec<usize>], sp: Spacing) -> Vec<f
     }
     for iter in 0..12 {
         let last = iter == 11;
-        for r in 1..ranks.len() {
-            align(verts, &ranks[r], &mut x, sp, true, last);
+        for rank in ranks.iter().skip(1) {
+            align(verts, rank, &mut x, sp, true, last);
         }
-        for r in (0..ranks.len().saturating_sub(1)).rev() {
-            align(verts, &ranks[r], &mut x, sp, false, last);
+        for rank in ranks[..ranks.len().saturating_sub(1)].iter().rev() {
+            align(verts, rank, &mut x, sp, false, last);
         }
     }
     hug_pinned(verts, ranks, &mut x, sp);
@@ -337,6 +338,39 @@ fn coordinates(verts: &mut [Vertex], ranks: &[Vec<usize>], sp: Spacing) -> Vec<f
         }
     }
     x
+}
+
+/// Puts each trunk's bends on one line where its neighbours in every rank leave room for it
+/// (at the room's point nearest the bends' median), removing the wiggles of long edges.
+fn straighten(verts: &[Vertex], ranks: &[Vec<usize>], x: &mut [f64], trunks: &[Vec<usize>], sp: Spacing) {
+    let mut pos = vec![0usize; verts.len()];
+    for r in ranks {
+        for (i, &v) in r.iter().enumerate() {
+            pos[v] = i;
+        }
+    }
+    let gap = |a: &Vertex, b: &Vertex| if a.solid && b.solid { sp.item_gap } else { sp.point_gap };
+    for trunk in trunks.iter().filter(|t| t.len() > 1) {
+        let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+        for &v in trunk {
+            let rank = &ranks[verts[v].rank];
+            if let Some(&l) = pos[v].checked_sub(1).map(|i| &rank[i]) {
+                lo = lo.max(x[l] + verts[l].after + gap(&verts[l], &verts[v]));
+            }
+            if let Some(&r) = rank.get(pos[v] + 1) {
+                hi = hi.min(x[r] - verts[r].before - gap(&verts[v], &verts[r]));
+            }
+        }
+        if lo > hi {
+            continue;
+        }
+        let mut xs: Vec<f64> = trunk.iter().map(|&v| x[v]).collect();
+        xs.sort_by(f64::total_cmp);
+        let line = xs[xs.len() / 2].clamp(lo, hi);
+        for &v in trunk {
+            x[v] = line;
+        }
+    }
 }
 
 /// Moves pinned items without edges (titles) right up to where the rest of the drawing starts,
