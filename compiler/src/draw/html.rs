@@ -127,7 +127,7 @@ fn scope_json(c: &Composer, s: usize, sources: &Sources, lines: &mut Lines) -> V
     let line = sc.span.map(|sp| lines.of(sources, sp)).unwrap_or(-1);
     json!({
         "path": sc.path, "block": sc.block, "parent": sc.parent, "level": sc.level,
-        "params": c.tree.params(c.g, s), "macs": c.tree.macs(c.g, s), "line": line,
+        "params": sc.params, "macs": sc.macs, "line": line,
         "items": items, "ranks": ranks, "trunks": trunks, "edges": edges, "inset": [r(p.inset.0), r(p.inset.1)],
         "titleW": r(style::text_width(&c.title(s), c.m.name_size)), "titleInset": c.title_in_inset(s),
     })
@@ -135,11 +135,12 @@ fn scope_json(c: &Composer, s: usize, sources: &Sources, lines: &mut Lines) -> V
 
 /// The collapsed-box footprint of each instance (in its parent's context) and its markup.
 fn block_boxes(c: &Composer, out: &mut String) -> Vec<Value> {
+    let labels: Vec<Vec<Option<String>>> = (0..c.tree.scopes.len()).map(|s| c.label_texts(s)).collect();
     let mut feet = vec![Value::Null];
     for s in 1..c.tree.scopes.len() {
         let parent = c.tree.scopes[s].parent.expect("non-root instances have a parent");
         let i = c.locals[parent].items.iter().position(|k| *k == ItemKind::Child(s)).expect("a child is an item of its parent");
-        let f = c.collapsed_foot(parent, i, s);
+        let f = c.collapsed_foot(parent, s, labels[parent][i].clone());
         box_markup(c, &format!("s{s}"), "box block", &f, out);
         feet.push(foot_json(&f));
     }

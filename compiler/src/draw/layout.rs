@@ -6,6 +6,8 @@
 //! least-squares placement of each rank against its neighbours (pool-adjacent-violators).
 //! Along-axis coordinates are left to the caller: they depend only on each rank's tallest item.
 
+use std::collections::HashMap;
+
 /// Where an item's rank must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
@@ -174,11 +176,12 @@ fn proper_graph(items: &[Item], ends: &[(usize, usize, f64, f64)], rank: &[usize
     let mut slots: Vec<Slot> = (0..items.len()).map(Slot::Item).collect();
     // Trunk of each edge, keyed by upper item and port.
     let mut keys: Vec<(usize, u64)> = Vec::new();
+    let mut index: HashMap<(usize, u64), usize> = HashMap::new();
     let mut reach: Vec<usize> = Vec::new();
     let mut trunk_of = Vec::with_capacity(ends.len());
     for &(a, b, pa, _) in ends {
         let key = (a, pa.to_bits());
-        let t = keys.iter().position(|k| *k == key).unwrap_or_else(|| {
+        let t = *index.entry(key).or_insert_with(|| {
             keys.push(key);
             reach.push(0);
             keys.len() - 1

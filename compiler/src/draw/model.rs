@@ -4,7 +4,7 @@
 
 use crate::ir::{Graph, NodeId};
 use crate::span::Span;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// One block instance (or the whole graph, the root at index 0).
 #[derive(Clone, Debug)]
@@ -25,6 +25,12 @@ pub struct Scope {
     pub first: usize,
     /// The block call in the spec (`None` for the root).
     pub span: Option<Span>,
+    /// Every node of the subtree, in execution order.
+    pub members: Vec<NodeId>,
+    /// Parameter elements of the subtree.
+    pub params: usize,
+    /// MACs of the subtree.
+    pub macs: u64,
 }
 
 /// The instance tree of a graph.
@@ -52,7 +58,7 @@ pub enum ItemKind {
 }
 
 /// An edge between two items of one local graph, carrying the value of IR node `value`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LocalEdge {
     /// Source item.
     pub from: usize,
@@ -74,7 +80,7 @@ pub struct LocalGraph {
 impl Tree {
     /// Builds the instance tree from the nodes' traces.
     pub fn new(g: &Graph) -> Tree {
-        let root = Scope { path: String::new(), block: g.meta.name.clone(), parent: None, level: 0, children: vec![], nodes: vec![], first: 0, span: None };
+        let root = Scope { path: String::new(), block: g.meta.name.clone(), parent: None, level: 0, children: vec![], nodes: vec![], first: 0, span: None, members: vec![], params: 0, macs: 0 };
         let mut scopes = vec![root];
         let mut index: HashMap<(usize, String), usize> = HashMap::new();
         let mut scope_of = Vec::with_capacity(g.graph.node_count());
@@ -87,7 +93,7 @@ impl Tree {
                     None => {
                         let s = scopes.len();
                         let level = scopes[cur].level + 1;
-                        scopes.push(Scope { path: f.path.clone(), block: f.block.clone(), parent: Some(cur), level, children: vec![], nodes: vec![], first: id.index(), span: Some(f.span) });
+                        scopes.push(Scope { path: f.path.clone(), block: f.block.clone(), parent: Some(cur), level, children: vec![], nodes: vec![], first: id.index(), span: Some(f.span), members: vec![], params: 0, macs: 0 });
                         scopes[cur].children.push(s);
                         index.insert(key, s);
                         s
@@ -96,6 +102,15 @@ impl Tree {
             }
             scopes[cur].nodes.push(id);
             scope_of.push(cur);
+            let params: usize = n.params.iter().map(|p| p.numel()).sum();
+            let mut up = Some(cur);
+            while let Some(s) = up {
+                let sc = &mut scopes[s];
+                sc.members.push(id);
+                sc.params += params;
+                sc.macs += n.macs;
+                up = sc.parent;
+            }
         }
         Tree { scopes, scope_of }
     }
@@ -135,16 +150,6 @@ impl Tree {
         }
     }
 
-    /// Total parameter elements of an instance's subtree.
-    pub fn params(&self, g: &Graph, s: usize) -> usize {
-        g.nodes().filter(|(i, _)| self.contains(s, self.scope_of[i.index()])).flat_map(|(_, n)| n.params.iter()).map(|p| p.numel()).sum()
-    }
-
-    /// Total MACs of an instance's subtree.
-    pub fn macs(&self, g: &Graph, s: usize) -> u64 {
-        g.nodes().filter(|(i, _)| self.contains(s, self.scope_of[i.index()])).map(|(_, n)| n.macs).sum()
-    }
-
     /// Whether instance `inner` is `s` or inside it.
     pub fn contains(&self, s: usize, inner: usize) -> bool {
         self.step_towards(s, inner).is_some()
@@ -160,8 +165,21 @@ impl Tree {
         items.extend(members.into_iter().map(|m| m.1));
         let mut slot: HashMap<ItemKind, usize> = items.iter().enumerate().map(|(i, k)| (*k, i)).collect();
         let mut edges: Vec<LocalEdge> = Vec::new();
-        for (v, node) in g.nodes() {
-            for &u in &node.inputs {
+        let mut seen: HashSet<LocalEdge> = HashSet::new();
+        // Edges touching the subtree, in the order of their consumers and input slots.
+        let mut pairs: Vec<(NodeId, usize, NodeId)> = Vec::new();
+        for &v in &self.scopes[s].members {
+            pairs.extend(g.node(v).inputs.iter().enumerate().map(|(slot, &u)| (v, slot, u)));
+            for w in g.graph.neighbors_directed(v, petgraph::Direction::Outgoing) {
+                if !self.contains(s, self.scope_of[w.index()]) {
+                    pairs.extend(g.node(w).inputs.iter().enumerate().filter(|(_, &u)| u == v).map(|(slot, &u)| (w, slot, u)));
+                }
+            }
+        }
+        pairs.sort_by_key(|&(v, slot, _)| (v.index(), slot));
+        pairs.dedup();
+        for (v, _, u) in pairs {
+            {
                 let (a, b) = match (self.item_for(s, u), self.item_for(s, v)) {
                     (None, None) => continue,
                     (Some(a), Some(b)) => (a, b),
@@ -180,7 +198,7 @@ impl Tree {
                     items.len() - 1
                 });
                 let e = LocalEdge { from, to, value: u };
-                if !edges.contains(&e) {
+                if seen.insert(e) {
                     edges.push(e);
                 }
             }

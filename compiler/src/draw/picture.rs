@@ -240,13 +240,16 @@ impl<'a> Composer<'a> {
         }
     }
 
-    /// Text of the shape label of item `i` of instance `s` (the distinct shapes it sends).
-    fn label_text(&self, s: usize, i: usize) -> Option<String> {
-        if !self.shapes {
-            return None;
+    /// Text of the shape label of each item of instance `s` (the distinct shapes it sends).
+    pub fn label_texts(&self, s: usize) -> Vec<Option<String>> {
+        let local = &self.locals[s];
+        let mut shapes: Vec<BTreeSet<String>> = vec![BTreeSet::new(); local.items.len()];
+        if self.shapes {
+            for e in &local.edges {
+                shapes[e.from].insert(style::shape_label(&self.g.node(e.value).shape));
+            }
         }
-        let shapes: BTreeSet<String> = self.locals[s].edges.iter().filter(|e| e.from == i).map(|e| style::shape_label(&self.g.node(e.value).shape)).collect();
-        (!shapes.is_empty()).then(|| shapes.into_iter().collect::<Vec<_>>().join(" | "))
+        shapes.into_iter().map(|set| (!set.is_empty()).then(|| set.into_iter().collect::<Vec<_>>().join(" | "))).collect()
     }
 
     /// The footprint of a box with an optional label.
@@ -272,6 +275,7 @@ impl<'a> Composer<'a> {
         let m = &self.m;
         let parent = self.tree.scopes[s].path.as_str();
         let point = |content| Foot { before: 0.0, after: 0.0, along: 0.0, exit: 0.0, entry: 0.0, content };
+        let mut labels = self.label_texts(s);
         let items = &self.locals[s].items;
         items
             .iter()
@@ -285,21 +289,21 @@ impl<'a> Composer<'a> {
                         true => point(Content::Title(t, w)),
                     }
                 }
-                ItemKind::Node(n) => self.box_foot(style::node_box(self.g.node(n), parent, m), self.label_text(s, i)),
+                ItemKind::Node(n) => self.box_foot(style::node_box(self.g.node(n), parent, m), labels[i].take()),
                 ItemKind::Child(c) => match self.child_placed(c) {
                     Some(p) => Foot { before: p.size.0 / 2.0, after: p.size.0 / 2.0, along: p.size.1, exit: p.size.1, entry: 0.0, content: Content::Cluster },
-                    None => self.collapsed_foot(s, i, c),
+                    None => self.collapsed_foot(s, c, labels[i].take()),
                 },
                 ItemKind::InPort(_) | ItemKind::OutPort(_) => point(Content::Port),
             })
             .collect()
     }
 
-    /// The footprint of child `c` (item `i` of instance `s`) drawn as one box.
-    pub fn collapsed_foot(&self, s: usize, i: usize, c: usize) -> Foot {
+    /// The footprint of child `c` of instance `s` drawn as one box with shape label `label`.
+    pub fn collapsed_foot(&self, s: usize, c: usize, label: Option<String>) -> Foot {
         let sc = &self.tree.scopes[c];
-        let b = style::block_box(&sc.path, &self.tree.scopes[s].path, &sc.block, self.tree.params(self.g, c), &self.m);
-        self.box_foot(b, self.label_text(s, i))
+        let b = style::block_box(&sc.path, &self.tree.scopes[s].path, &sc.block, sc.params, &self.m);
+        self.box_foot(b, label)
     }
 
     /// Lays out instance `s` (its expanded children must be placed already).
@@ -426,7 +430,7 @@ impl<'a> Composer<'a> {
                 (Content::Box(text, label), _) => {
                     let (id, nodes) = match *kind {
                         ItemKind::Node(n) => (format!("n{}", n.index()), vec![n]),
-                        ItemKind::Child(c) => (format!("s{c}"), self.nodes_under(c)),
+                        ItemKind::Child(c) => (format!("s{c}"), self.tree.scopes[c].members.clone()),
                         _ => continue,
                     };
                     let (bw, bl) = if self.lr { (text.h, text.w) } else { (text.w, text.h) };
@@ -460,11 +464,6 @@ impl<'a> Composer<'a> {
         } else {
             Rect { x: b.x + b.w / 2.0 + 4.0, y: b.y + b.h + m.label_gap, w: text_w, h: lh }
         }
-    }
-
-    /// IR nodes inside instance `c`.
-    fn nodes_under(&self, c: usize) -> Vec<NodeId> {
-        self.g.nodes().map(|(i, _)| i).filter(|i| self.tree.contains(c, self.tree.scope_of[i.index()])).collect()
     }
 
     /// The path of local edge `e` of placed instance `p` whose frame starts at `origin`: out of
