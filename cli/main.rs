@@ -3,6 +3,7 @@
 
 mod bench;
 mod compile;
+mod draw;
 mod eval;
 mod features;
 mod import;
@@ -35,6 +36,10 @@ enum Command {
     Dot(inspect::DotArgs),
     /// Print the parameter list (names and shapes).
     Params(inspect::ParamsArgs),
+    /// Draw the graph as SVG or PNG (no Graphviz needed).
+    Draw(draw::DrawArgs),
+    /// Write an interactive HTML viewer of the graph (one self-contained file).
+    View(draw::ViewArgs),
     /// Run a model on images or a .npy input.
     Run(run::RunArgs),
     /// Transfer learning: cut a pretrained spec at its head, attach a new head, train it.
@@ -65,6 +70,8 @@ fn main() -> ExitCode {
         Command::Summary(a) => inspect::summary(a),
         Command::Dot(a) => inspect::dot(a),
         Command::Params(a) => inspect::params(a),
+        Command::Draw(a) => draw::draw_cmd(a),
+        Command::View(a) => draw::view(a),
         Command::Run(a) => run::run(a),
         Command::Train(a) => train::train_cmd(a),
         Command::Eval(a) => eval::eval(a),

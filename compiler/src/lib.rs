@@ -8,6 +8,7 @@
 pub mod against;
 pub mod checkpoint;
 pub mod diag;
+pub mod draw;
 pub mod emit;
 pub mod expr;
 pub mod header;
