@@ -278,3 +278,23 @@ fn mutated_cfgs_never_panic_and_accepted_ones_compile() {
     eprintln!("{cases} mutated cfgs, {accepted} accepted");
     assert!(accepted > 100 && accepted < cases);
 }
+
+#[test]
+fn cli_writes_to_stdout_and_exits_1_for_bad_cfgs_and_2_for_missing_files() {
+    let out = tlc(&["import", "darknet", "tests/data/darknet/yolov3-tiny.cfg"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), import_file(&data("yolov3-tiny.cfg")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("8858734 parameters") && err.contains("5.571 BFLOPs"), "{err}");
+    let dir = scratch("cli");
+    let bad = dir.join("bad.cfg");
+    std::fs::write(&bad, "[net]\nwidth=8\nheight=8\nchannels=3\n[reorg]\n").unwrap();
+    let out = tlc(&["import", "darknet", bad.to_str().unwrap(), "-o", dir.join("bad.yaml").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("error[E0504]") && err.contains("bad.cfg:5:1") && !dir.join("bad.yaml").exists(), "{err}");
+    let out = tlc(&["import", "darknet", dir.join("missing.cfg").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.cfg"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -162,3 +162,56 @@ fn bn_block(b: &BnBlock) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::MemoryLoader;
+
+    fn import_and_compile(cfg: &str) -> (String, Graph) {
+        let mut sources = Sources::default();
+        let file = sources.add("net.cfg", cfg.to_string());
+        let spec = import(&sources, file, None).unwrap_or_else(|d| panic!("{}", crate::render::render_plain(&d, &sources)));
+        let c = crate::compile("net.yaml", &MemoryLoader([("net.yaml".to_string(), spec.clone())].into()), &crate::Options::default());
+        let g = c.graph.unwrap_or_else(|| panic!("{}\n{spec}", crate::render::render_plain(&c.diagnostics, &c.sources)));
+        (spec, g)
+    }
+
+    /// The darknet layer a node belongs to (`layers.<i>` or `layers.<i>.*`).
+    fn layer_of(name: &str) -> usize {
+        name.strip_prefix("layers.").and_then(|r| r.split('.').next()).and_then(|i| i.parse().ok()).unwrap_or_else(|| panic!("{name}"))
+    }
+
+    /// Every shortcut adds the layer before it and the one three back, whatever folded it.
+    fn assert_shortcuts_read_three_back(cfg: &str, expect: &[&str]) {
+        let (spec, g) = import_and_compile(cfg);
+        for e in expect {
+            assert!(spec.contains(e), "no `{e}` in\n{spec}");
+        }
+        let adds: Vec<_> = g.nodes().filter(|(_, n)| matches!(n.op, Op::Add)).collect();
+        assert!(adds.len() >= 5, "{spec}");
+        for (_, n) in adds {
+            let i = layer_of(&n.name);
+            let from: Vec<usize> = n.inputs.iter().map(|&x| layer_of(&g.node(x).name)).collect();
+            assert_eq!(from, [i - 1, i - 3], "{}: {spec}", n.name);
+        }
+    }
+
+    #[test]
+    fn folded_references_reach_the_darknet_layers() {
+        // Residual units whose shortcut reads three layers back: the block's downsampling conv
+        // in the first unit (darknet-53), or the block input itself when the block is the
+        // repeat alone (after a conv or a max-pool).
+        let conv = |f: usize, k: usize, s: usize| format!("[convolutional]\nbatch_normalize=1\nfilters={f}\nsize={k}\nstride={s}\npad=1\nactivation=leaky\n");
+        let unit = |c: usize| format!("{}{}[shortcut]\nfrom=-3\nactivation=linear\n", conv(c / 2, 1, 1), conv(c, 3, 1));
+        let net = "[net]\nwidth=64\nheight=64\nchannels=3\n";
+        let mut cfg = net.to_string() + &conv(8, 3, 1);
+        for (c, n) in [(16, 1), (32, 2), (64, 3)] {
+            cfg += &conv(c, 3, 2);
+            cfg += &unit(c).repeat(n);
+        }
+        assert_shortcuts_read_three_back(&cfg, &["  stage(b, c, n):", "- layers: stage(12, 64, n=3)", "from: [-1, -3]"]);
+        let cfg = net.to_string() + &conv(16, 3, 2) + &unit(16).repeat(2) + "[maxpool]\nsize=2\nstride=2\n" + &unit(16).repeat(3);
+        assert_shortcuts_read_three_back(&cfg, &["  stage(b, n):", "    - repeat: n", "- layers: stage(8, n=3)"]);
+    }
+}
