@@ -61,7 +61,8 @@ fn run(g: tlc_compiler::ir::Graph, a: &BenchArgs) -> anyhow::Result<()> {
         Box::new(move || model.forward(&x))
     } else {
         // The plain model's unfolded tensors are dropped: only the optimized view stays.
-        let opt = model.optimized()?;
+        let mut opt = model.optimized()?;
+        opt.profile = crate::run::profile_from_env();
         drop(model);
         Box::new(move || opt.forward(&x))
     };

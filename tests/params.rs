@@ -6,10 +6,7 @@ use common::*;
 
 #[test]
 fn every_spec_matches_its_reference_parameter_list() {
-    let Some(shared) = shared() else {
-        eprintln!("skipped: ../shared is not beside the repository");
-        return;
-    };
+    let Some(shared) = shared() else { return };
     let mut failures = Vec::new();
     for (fixture, spec, variant) in FIXTURES {
         if !root().join(spec).exists() {
@@ -45,4 +42,14 @@ fn difference(spec: &str, variant: Option<&str>, dir: &std::path::Path) -> Optio
         theirs.len(),
         if missing.is_empty() && extra.is_empty() { " (order differs)" } else { "" }
     ))
+}
+
+#[test]
+fn a_missing_shared_folder_fails_with_where_to_get_it_unless_skipped() {
+    let missing = root().join("../shared/no-such-fixture");
+    let panic = std::panic::catch_unwind(|| require_shared(missing.clone(), false)).unwrap_err();
+    let msg = panic.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("no-such-fixture") && msg.contains("make_fixtures.py") && msg.contains("TLC_SKIP_SHARED=1"), "{msg}");
+    assert_eq!(require_shared(missing, true), None);
+    assert_eq!(require_shared(root(), false), Some(root()));
 }

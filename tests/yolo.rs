@@ -1,7 +1,7 @@
 //! YOLO end to end (issue 4): Yolo-Fastest 1.1 raw heads against the OpenCV golden, real
 //! detections through the `tlc` binary against the reference (`verify_yolofastest.py`:
 //! OpenCV's darknet importer), YOLOv8 decoding, variants' parameter counts, `--save`.
-//! Tests needing `../shared` skip with a note when it is absent.
+//! Tests needing `../shared` fail without it unless `TLC_SKIP_SHARED=1`.
 
 mod common;
 use candle_core::Device;
@@ -12,8 +12,7 @@ use tlc_runtime::weights::Weights;
 use tlc_runtime::Model;
 
 fn assets() -> Option<PathBuf> {
-    let p = shared()?.join("assets");
-    p.is_dir().then_some(p)
+    shared_path("assets")
 }
 
 fn max_diff_and_std(got: &candle_core::Tensor, want: &candle_core::Tensor) -> (f32, f32) {
@@ -28,7 +27,7 @@ fn max_diff_and_std(got: &candle_core::Tensor, want: &candle_core::Tensor) -> (f
 
 #[test]
 fn yolo_fastest_heads_match_golden() {
-    let Some(a) = assets() else { return eprintln!("skipped: no ../shared") };
+    let Some(a) = assets() else { return };
     let graph = compile_spec("specs/yolo.yaml", None);
     let ids = ["head_10x10", "head_20x20"].map(|n| graph.find(n).unwrap_or_else(|| panic!("no node {n}")));
     let w = Weights::load(&a.join("weights/yolo-fastest-1.1.safetensors")).unwrap();
@@ -139,7 +138,7 @@ fn reference_extras(image: &str) -> Vec<Det> {
 #[test]
 fn yolo_fastest_detects_the_reference_objects() {
     if assets().is_none() {
-        return eprintln!("skipped: no ../shared");
+        return;
     }
     for image in ["dog.jpg", "giraffe.jpg", "eagle.jpg", "astronaut.png"] {
         let out = tlc(&["run", "specs/yolo.yaml", "--image", &photo(image), "--json"]);
@@ -198,7 +197,7 @@ fn reference_script_on_golden(golden: &std::collections::HashMap<String, candle_
 
 #[test]
 fn dog_matches_the_reference_script_on_the_opencv_golden() {
-    let Some(a) = assets() else { return eprintln!("skipped: no ../shared") };
+    let Some(a) = assets() else { return };
     let golden = candle_core::safetensors::load(a.join("weights/yolo-fastest-1.1.dog-golden.safetensors"), &Device::Cpu).unwrap();
     let want = reference_script_on_golden(&golden, (768.0, 576.0));
     let out = tlc(&["run", "specs/yolo.yaml", "--image", &photo("dog.jpg"), "--json"]);
@@ -233,7 +232,7 @@ fn tlc_on_golden_input(golden: &std::collections::HashMap<String, candle_core::T
 
 #[test]
 fn reference_nms_reproduces_the_script_boxes_exactly_on_the_golden_input() {
-    let Some(a) = assets() else { return eprintln!("skipped: no ../shared") };
+    let Some(a) = assets() else { return };
     let golden = candle_core::safetensors::load(a.join("weights/yolo-fastest-1.1.dog-golden.safetensors"), &Device::Cpu).unwrap();
     let want = reference_script_on_golden(&golden, (768.0, 576.0));
     let got = tlc_on_golden_input(&golden, &a);
@@ -247,7 +246,7 @@ fn reference_nms_reproduces_the_script_boxes_exactly_on_the_golden_input() {
 #[test]
 fn class_wise_nms_keeps_boxes_the_reference_suppresses() {
     if assets().is_none() {
-        return eprintln!("skipped: no ../shared");
+        return;
     }
     let out = tlc(&["run", "specs/yolo.yaml", "--image", &photo("dog.jpg"), "--json", "--nms", "class"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -259,7 +258,7 @@ fn class_wise_nms_keeps_boxes_the_reference_suppresses() {
 #[test]
 fn yolov8n_fixture_output_decodes_to_boxes_inside_the_image() {
     use tlc_runtime::detect::{decode_v8, finish, NmsMode, Post};
-    let Some(s) = shared() else { return eprintln!("skipped: no ../shared") };
+    let Some(s) = shared() else { return };
     let y = candle_core::Tensor::read_npy(s.join("parity/yolov8n/output.npy")).unwrap().to_dtype(candle_core::DType::F32).unwrap();
     assert_eq!(y.dims(), &[1, 84, 8400]);
     let cands = decode_v8(&y.get(0).unwrap(), (640, 640), 0.25).unwrap();
@@ -295,7 +294,7 @@ fn yolov8_variants_check_with_ultralytics_parameter_counts() {
 #[test]
 fn save_writes_an_annotated_image() {
     if assets().is_none() {
-        return eprintln!("skipped: no ../shared");
+        return;
     }
     let d = scratch("save");
     let out_path = d.join("dog-annotated.jpg");
@@ -314,7 +313,7 @@ fn save_writes_an_annotated_image() {
 #[test]
 fn folder_in_batches_gives_a_list_and_saves_a_folder() {
     if assets().is_none() {
-        return eprintln!("skipped: no ../shared");
+        return;
     }
     let d = scratch("folder");
     let input = d.join("in");

@@ -322,6 +322,19 @@ impl Graph {
     pub fn macs(&self) -> u64 {
         self.graph.node_weights().map(|n| n.macs).sum()
     }
+    /// Liveness for a forward pass that frees values early: per node, the index of its last
+    /// reader (itself when nothing reads it; `usize::MAX` for the output, which the caller reads).
+    pub fn last_use(&self) -> Vec<usize> {
+        let mut last = vec![0usize; self.graph.node_count()];
+        for (id, node) in self.nodes() {
+            last[id.index()] = id.index();
+            for inp in &node.inputs {
+                last[inp.index()] = last[inp.index()].max(id.index());
+            }
+        }
+        last[self.output.index()] = usize::MAX;
+        last
+    }
     /// Finds a node by exact name, or else a scope by name (its output node).
     pub fn find(&self, name: &str) -> Option<NodeId> {
         self.nodes().find(|(_, n)| n.name == name).map(|(i, _)| i)

@@ -13,8 +13,10 @@
 //!   ([`NmsMode::ClassWise`]), at most 300 detections (`max_det`), boxes clipped to the image
 //!   (`scale_boxes`).
 
+use crate::preprocess::Prepared;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
+use tlc_compiler::ir::{Graph, NodeId, Op};
 
 /// One detection in original-image pixels.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -304,6 +306,91 @@ pub fn finish(cands: &[Candidate], p: &Post, labels: &[String]) -> Vec<Detection
         .take(p.max_det.unwrap_or(usize::MAX))
         .map(|i| Detection { class: classes[i], label: labels.get(classes[i]).cloned().unwrap_or_else(|| classes[i].to_string()), score: scores[i], bbox: clip(boxes[i]) })
         .collect()
+}
+
+/// How detections are post-processed (`tlc run --conf --iou --nms`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DetectOptions {
+    /// Confidence threshold; `None`: the head format's reference (0.3 for darknet heads as
+    /// `verify_yolofastest.py`, 0.25 for YOLOv8 as Ultralytics).
+    pub conf: Option<f32>,
+    /// NMS IoU threshold.
+    pub iou: f32,
+    /// NMS mode; `None`: the reference's for the head format ([`NmsMode::reference`]).
+    pub nms: Option<NmsMode>,
+}
+
+/// A darknet `[yolo]` head of a graph.
+struct DarknetHead {
+    node: NodeId,
+    classes: usize,
+    anchors: Vec<[usize; 2]>,
+    mask: Vec<usize>,
+    scale_xy: f32,
+}
+
+/// Ultralytics' `max_det`.
+const V8_MAX_DET: usize = 300;
+
+/// The detection policy of a detection graph (`task: detect`): which values to decode (the
+/// darknet `YoloHead` nodes, else the YOLOv8 output), thresholds, NMS mode, clipping and
+/// `max_det` as each format's reference does them.
+pub struct Detector {
+    /// Darknet heads (none for YOLOv8).
+    heads: Vec<DarknetHead>,
+    net_hw: (usize, usize),
+    options: DetectOptions,
+    labels: Vec<String>,
+}
+
+impl Detector {
+    /// The detector of `graph` with `options`; class names from the spec's labels.
+    pub fn new(graph: &Graph, options: DetectOptions) -> Detector {
+        let heads = graph
+            .nodes()
+            .filter_map(|(id, n)| match &n.op {
+                Op::YoloHead { classes, anchors, mask, scale_xy } => Some(DarknetHead { node: id, classes: *classes, anchors: anchors.clone(), mask: mask.clone(), scale_xy: *scale_xy as f32 }),
+                _ => None,
+            })
+            .collect();
+        let input = &graph.meta.input;
+        Detector { heads, net_hw: (input[1], input[2]), options, labels: crate::labels::names(&graph.meta.labels) }
+    }
+
+    /// Nodes whose values [`Detector::detect`] needs besides the output (the darknet heads).
+    pub fn taps(&self) -> Vec<NodeId> {
+        self.heads.iter().map(|h| h.node).collect()
+    }
+
+    fn darknet(&self) -> bool {
+        !self.heads.is_empty()
+    }
+
+    /// Detections of image `i` of a batch in its original pixels: `output` is the model's
+    /// output, `head_values` the values of [`Detector::taps`], `image` the image's preprocessing.
+    pub fn detect(&self, output: &Tensor, head_values: &[Tensor], i: usize, image: &Prepared) -> Result<Vec<Detection>> {
+        let darknet = self.darknet();
+        let mut cands = Vec::new();
+        if darknet {
+            let conf = self.options.conf.unwrap_or(0.3);
+            for (h, t) in self.heads.iter().zip(head_values) {
+                cands.extend(decode_darknet(&t.get(i)?, &h.anchors, &h.mask, h.classes, h.scale_xy, self.net_hw, conf)?);
+            }
+        } else {
+            cands = decode_v8(&output.get(i)?, self.net_hw, self.options.conf.unwrap_or(0.25))?;
+        }
+        let post = Post {
+            net_hw: self.net_hw,
+            scale: image.scale,
+            pad: image.pad,
+            iou: self.options.iou,
+            mode: self.options.nms.unwrap_or(NmsMode::reference(darknet)),
+            // OpenCV reports darknet boxes unclipped (they may cross the border); Ultralytics clips.
+            clip: (!darknet).then_some(image.original),
+            max_det: (!darknet).then_some(V8_MAX_DET),
+        };
+        Ok(finish(&cands, &post, &self.labels))
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,9 @@ impl ParamSource for NodeParams<'_> {
     }
 }
 
-fn act(a: Activation, x: &Tensor) -> Result<Tensor> {
+/// Applies activation `a` to `x` (the one activation dispatch of the plain, optimized and
+/// training forwards).
+pub fn activation(a: Activation, x: &Tensor) -> Result<Tensor> {
     match a {
         Activation::Relu => x.relu(),
         Activation::Relu6 => k::relu6(x),
@@ -39,6 +41,14 @@ fn act(a: Activation, x: &Tensor) -> Result<Tensor> {
         Activation::Sigmoid => k::sigmoid(x),
         Activation::Tanh => x.tanh(),
         Activation::Mish => k::mish(x),
+    }
+}
+
+/// Applies `a`, if any, to `x`.
+pub fn maybe_activation(a: Option<Activation>, x: Tensor) -> Result<Tensor> {
+    match a {
+        Some(a) => activation(a, &x),
+        None => Ok(x),
     }
 }
 
@@ -71,7 +81,7 @@ pub fn eval(op: &Op, ins: &[Tensor], p: &dyn ParamSource) -> Result<Tensor> {
         Op::BatchNorm { eps } => k::batch_norm_eval(x, p.param("weight")?, p.param("bias")?, p.param("running_mean")?, p.param("running_var")?, *eps)?,
         Op::LayerNorm { eps, axis: NormAxis::Last } => k::layer_norm_last(x, p.param("weight")?, p.param("bias")?, *eps)?,
         Op::LayerNorm { eps, axis: NormAxis::Channels } => k::layer_norm_channels(x, p.param("weight")?, p.param("bias")?, *eps)?,
-        Op::Act(a) => act(*a, x)?,
+        Op::Act(a) => activation(*a, x)?,
         Op::Softmax { axis } => {
             let rank = x.rank() as isize;
             let d = if *axis < 0 { rank + axis } else { *axis } as usize;
@@ -154,14 +164,30 @@ fn channel_affine(x: &Tensor, scale: &[f64], shift: &[f64]) -> Result<Tensor> {
 
 /// `nn.MultiheadAttention` self-attention, batch first, on (N, L, D).
 fn self_attention(x: &Tensor, heads: usize, p: &dyn ParamSource) -> Result<Tensor> {
+    self_attention_with(x, heads, p, &|x, w, b| linear(x, w, Some(b)), &|_| Ok(None))
+}
+
+/// Self-attention with `linear(x, weight, bias)` for the projections and `fused(qkv)` for the
+/// attention of the packed queries, keys and values (`None`: the portable path here).
+pub fn self_attention_with(
+    x: &Tensor,
+    heads: usize,
+    p: &dyn ParamSource,
+    linear: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+    fused: &dyn Fn(&Tensor) -> Result<Option<Tensor>>,
+) -> Result<Tensor> {
     let (n, l, d) = x.dims3()?;
     let hd = d / heads;
-    let qkv = linear(x, p.param("in_proj_weight")?, Some(p.param("in_proj_bias")?))?;
-    let split = |i: usize| -> Result<Tensor> { qkv.narrow(2, i * d, d)?.reshape((n, l, heads, hd))?.transpose(1, 2)?.contiguous() };
-    let (q, kk, v) = (split(0)?, split(1)?, split(2)?);
-    let o = k::attention(&q, &kk, &v, None)?;
-    let o = o.transpose(1, 2)?.reshape((n, l, d))?;
-    linear(&o, p.param("out_proj.weight")?, Some(p.param("out_proj.bias")?))
+    let qkv = linear(x, p.param("in_proj_weight")?, p.param("in_proj_bias")?)?;
+    let o = match fused(&qkv)? {
+        Some(o) => o,
+        None => {
+            let split = |i: usize| -> Result<Tensor> { qkv.narrow(2, i * d, d)?.reshape((n, l, heads, hd))?.transpose(1, 2)?.contiguous() };
+            let (q, kk, v) = (split(0)?, split(1)?, split(2)?);
+            k::attention(&q, &kk, &v, None)?.transpose(1, 2)?.reshape((n, l, d))?
+        }
+    };
+    linear(&o, p.param("out_proj.weight")?, p.param("out_proj.bias")?)
 }
 
 /// torchvision's relative position index for a `w x w` window, flattened (w^2 * w^2).

@@ -10,7 +10,7 @@ use crate::model::{run_graph, Model};
 use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
-use tlc_compiler::ir::{Activation, Graph, NodeId, NormAxis, Op};
+use tlc_compiler::ir::{Graph, NodeId, NormAxis, Op};
 use tlc_compiler::ops::conv::resolve_padding;
 use tlc_compiler::passes::{self, Optimized};
 
@@ -29,6 +29,8 @@ pub struct OptimizedModel {
     /// Per dense conv node (new index), unless `TLC_CONV=gemm`: weights and bias packed once
     /// for [`fast::packed`].
     packed: HashMap<usize, fast::packed::PackedWeights>,
+    /// Print the time per op kind of each forward pass on stderr.
+    pub profile: bool,
 }
 
 fn vec1(t: &Tensor) -> Result<Vec<f32>> {
@@ -102,12 +104,18 @@ impl OptimizedModel {
                 }
             }
         }
-        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine, packed })
+        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine, packed, profile: false })
     }
 
     /// Runs the graph on `x` (NCHW) and returns the final output.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.forward_with(x, &[])?.0)
+    }
+
+    /// Whether the optimized graph holds the value of every node of `taps` (ids of the
+    /// original graph).
+    pub fn holds(&self, taps: &[NodeId]) -> bool {
+        taps.iter().all(|t| self.plan.map.get(t.index()).copied().flatten().is_some())
     }
 
     /// Runs the graph and also returns the values of `taps` (node ids of the *original*
@@ -117,8 +125,7 @@ impl OptimizedModel {
             .iter()
             .map(|t| self.plan.map.get(t.index()).copied().flatten().ok_or_else(|| anyhow!("node {} has no value in the optimized graph", t.index())))
             .collect::<Result<_>>()?;
-        // `TLC_PROFILE=1`: time per op kind on stderr.
-        let profile = std::env::var_os("TLC_PROFILE").is_some();
+        let profile = self.profile;
         let mut prof: Vec<(String, f64, usize)> = Vec::new();
         let result = run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, node, ins| {
             let t0 = profile.then(std::time::Instant::now);
@@ -170,7 +177,7 @@ impl OptimizedModel {
                                 Some(r) => (y + r)?,
                                 None => y,
                             };
-                            Some(apply(act, y)?)
+                            Some(exec::maybe_activation(act, y)?)
                         }
                     },
                 }
@@ -209,25 +216,9 @@ impl OptimizedModel {
         };
         match fast {
             Some(y) => Ok(y),
-            None => apply(act, exec::eval(&node.op, ins, &p)?),
+            None => Ok(exec::maybe_activation(act, exec::eval(&node.op, ins, &p)?)?),
         }
     }
-}
-
-fn apply(act: Option<Activation>, x: Tensor) -> Result<Tensor> {
-    Ok(match act {
-        None => x,
-        Some(Activation::Relu) => x.relu()?,
-        Some(Activation::Relu6) => k::relu6(&x)?,
-        Some(Activation::LeakyRelu(s)) => k::leaky_relu(&x, s as f32)?,
-        Some(Activation::Silu) => k::silu(&x)?,
-        Some(Activation::Gelu) => k::gelu_erf(&x)?,
-        Some(Activation::HardSwish) => k::hard_swish(&x)?,
-        Some(Activation::HardSigmoid) => k::hard_sigmoid(&x)?,
-        Some(Activation::Sigmoid) => k::sigmoid(&x)?,
-        Some(Activation::Tanh) => x.tanh()?,
-        Some(Activation::Mish) => k::mish(&x)?,
-    })
 }
 
 fn profile_key(op: &Op, _out: &Tensor) -> String {
@@ -240,26 +231,14 @@ fn profile_key(op: &Op, _out: &Tensor) -> String {
     }
 }
 
-/// `nn.MultiheadAttention` self-attention (batch first) with the fast linear layers.
+/// `nn.MultiheadAttention` self-attention (batch first) with the fast linear layers and
+/// the fused attention kernel where they apply.
 fn self_attention(x: &Tensor, heads: usize, p: &dyn ParamSource) -> Result<Tensor> {
-    let lin = |x: &Tensor, w: &str, b: &str| -> Result<Tensor> {
-        let (w, b) = (p.param(w)?, p.param(b)?);
-        Ok(match fast::linear(x, w, Some(b), None)? {
-            Some(y) => y,
-            None => exec::linear(x, w, Some(b))?,
-        })
+    let lin = |x: &Tensor, w: &Tensor, b: &Tensor| match fast::linear(x, w, Some(b), None)? {
+        Some(y) => Ok(y),
+        None => exec::linear(x, w, Some(b)),
     };
-    let (n, l, d) = x.dims3()?;
-    let hd = d / heads;
-    let qkv = lin(x, "in_proj_weight", "in_proj_bias")?;
-    if let Some(o) = fast::attention_qkv(&qkv, heads)? {
-        return lin(&o, "out_proj.weight", "out_proj.bias");
-    }
-    let split = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i * d, d)?.reshape((n, l, heads, hd))?.transpose(1, 2)?.contiguous()?) };
-    let (q, kk, v) = (split(0)?, split(1)?, split(2)?);
-    let o = k::attention(&q, &kk, &v, None)?;
-    let o = o.transpose(1, 2)?.reshape((n, l, d))?;
-    lin(&o, "out_proj.weight", "out_proj.bias")
+    Ok(exec::self_attention_with(x, heads, p, &lin, &|qkv| fast::attention_qkv(qkv, heads))?)
 }
 
 #[cfg(test)]
