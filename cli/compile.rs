@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use tlc_compiler::ir::Graph;
-use tlc_compiler::span::SourceLoader;
+use tlc_compiler::span::{SourceLoader, Sources};
 use tlc_compiler::{compile, render, Options};
 
 /// Reads spec files from the file system (the compiler itself never does).
@@ -34,6 +34,11 @@ impl Failure {
 
 /// Compiles `path` for `variant`, printing diagnostics on stderr.
 pub fn load(path: &str, variant: Option<&str>) -> Result<Graph, Failure> {
+    load_with_sources(path, variant).map(|(g, _)| g)
+}
+
+/// [`load`], also returning the files read (to render later diagnostics about the spec).
+pub fn load_with_sources(path: &str, variant: Option<&str>) -> Result<(Graph, Sources), Failure> {
     if let Err(e) = std::fs::metadata(path) {
         eprintln!("error: cannot read `{path}`: {e}");
         return Err(Failure::Io);
@@ -43,7 +48,7 @@ pub fn load(path: &str, variant: Option<&str>) -> Result<Graph, Failure> {
         render::emit_stderr(&c.diagnostics, &c.sources);
     }
     match c.graph {
-        Some(g) => Ok(g),
+        Some(g) => Ok((g, c.sources)),
         None => {
             let n = c.diagnostics.iter().filter(|d| d.severity == tlc_compiler::diag::Severity::Error).count();
             eprintln!("error: `{path}` has {n} error{}", if n == 1 { "" } else { "s" });

@@ -4,6 +4,7 @@
 mod bench;
 mod compile;
 mod eval;
+mod export;
 mod features;
 mod inspect;
 mod run;
@@ -43,6 +44,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Pretrained checkpoints: list, fetch, path, verify.
     Weights(weights::WeightsArgs),
+    /// Export to ONNX, to a PyTorch source file, or to a Triton model repository.
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Features(a) => features::features(a),
         Command::Bench(a) => bench::bench(a),
         Command::Weights(a) => weights::weights(a),
+        Command::Export(a) => export::export(a),
     };
     ExitCode::from(code)
 }

@@ -13,6 +13,7 @@ mod tensor;
 mod transformer;
 
 pub use args::Args;
+pub use transformer::{relative_position_index, shift_mask, window_shifts};
 
 use crate::diag::Diagnostic;
 use crate::ir::{Op, ParamKind};
