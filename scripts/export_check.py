@@ -7,7 +7,9 @@ For each spec of specs/ and each of its variants, with the parity fixtures' form
     onnx.checker.check_model(full_check=True), then ONNX Runtime (CPU) on the input;
   * `tlc export --format pytorch`: the file is imported, `Model()` built, the weights loaded with
     load_state_dict(strict=True) (the state_dict keys and shapes must be the spec's, plus
-    BatchNorm's num_batches_tracked and Swin's relative_position_index), and run in eval mode;
+    BatchNorm's num_batches_tracked and Swin's relative_position_index), and run in eval mode,
+    again after nn.SyncBatchNorm.convert_sync_batchnorm (same output), and one training step
+    (forward and backward on a batch of 2: how many parameters get a gradient);
 and prints max |out - ref| / std(ref) for each against the reference: the fixture's output
 (PyTorch reference implementation) where the spec has a fixture (tests/common/mod.rs
 FIXTURES), else tlc's own output (`tlc run --input`) on the formula input.
@@ -26,10 +28,13 @@ import sys
 import tempfile
 import time
 
+import copy
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import torch.nn as nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared", "parity")
@@ -104,8 +109,13 @@ def check(spec, variant, fixture, tmp):
     model.load_state_dict({**state, **{k: own[k] for k in extra if "relative_position_index" in k}}, strict=True)
     with torch.no_grad():
         pt = model(torch.from_numpy(x))
+        # Modules swapped in after building are used (steps look modules up by name).
+        sync = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model)).eval()
+        same = sync(torch.from_numpy(x))
     pt = [t.numpy() for t in (pt if isinstance(pt, tuple) else (pt,))]
-    results = {}
+    same = [t.numpy() for t in (same if isinstance(same, tuple) else (same,))]
+    assert all(np.array_equal(a, b) for a, b in zip(pt, same)), "SyncBatchNorm conversion changed the output"
+    results = {"grads": train_step(model, x)}
     for optimized in (False, True):
         path = os.path.join(tmp, "model.onnx")
         tlc("export", spec, *vargs, "--weights", weights, "--format", "onnx", "-o", path, *(["--optimize"] if optimized else []))
@@ -118,6 +128,18 @@ def check(spec, variant, fixture, tmp):
         results["onnx_opt" if optimized else "onnx"] = max(ratio(o, r) for o, r in zip(outs, refs))
     results["pytorch"] = max(ratio(o, r) for o, r in zip(pt, refs))
     return results
+
+
+def train_step(model, x):
+    """One training-mode forward and backward on a batch of 2: which parameters get gradients."""
+    model.train()
+    out = model(torch.from_numpy(np.concatenate([x, -x])))
+    loss = sum(o.square().mean() for o in (out if isinstance(out, tuple) else (out,)))
+    loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = sorted({n.split(".")[0] for n, p in trainable if p.grad is None})
+    got = sum(p.grad is not None for _, p in trainable)
+    return f"{got}/{len(trainable)}" + (f" (not used: {', '.join(missing)})" if missing else "")
 
 
 def reference(spec, vargs, weights, tmp, names):
@@ -141,8 +163,8 @@ def main():
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     fx = fixtures()
     rows, bad = [], 0
-    print("| spec | variant | reference | ONNX Runtime | ONNX Runtime (--optimize) | PyTorch | checker | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| spec | variant | reference | ONNX Runtime | ONNX Runtime (--optimize) | PyTorch | onnx.checker | PyTorch training step: parameters with gradients | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for spec, variant in zoo():
         if a.only and not any(o in spec for o in a.only):
             continue
@@ -151,10 +173,10 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 r = check(spec, variant, fixture, tmp)
-                ok = all(v <= 1e-3 for v in r.values())
-                cells = [f"{r['onnx']:.2e}", f"{r['onnx_opt']:.2e}", f"{r['pytorch']:.2e}", "clean"]
+                ok = all(r[k] <= 1e-3 for k in ("onnx", "onnx_opt", "pytorch"))
+                cells = [f"{r['onnx']:.2e}", f"{r['onnx_opt']:.2e}", f"{r['pytorch']:.2e}", "clean", r["grads"]]
             except Exception as e:  # report and go on with the next model
-                ok, cells = False, [f"error: {e}".replace("\n", " ")[:300], "", "", ""]
+                ok, cells = False, [f"error: {e}".replace("\n", " ")[:300], "", "", "", ""]
         bad += not ok
         ref = f"fixture {fixture}" if fixture else "tlc run"
         print(f"| {os.path.basename(spec)} | {variant or '-'} | {ref} | {' | '.join(cells)} | {time.time() - t0:.0f} |", flush=True)

@@ -170,26 +170,28 @@ fn vit_pieces_agree_with_candle() {
 fn darknet_heads_are_raw_outputs_named_after_their_nodes() {
     let graph = compile_spec("specs/yolo.yaml", None);
     let model = Model::with_fixture_weights(graph, &Device::Cpu).unwrap();
-    let proto = onnx_model(&model, &Options { batch: Some(1), ..Options::default() }, false).unwrap();
-    let g = proto.graph.as_ref().unwrap();
-    let outs: Vec<&str> = g.output.iter().map(|o| o.name.as_deref().unwrap()).collect();
-    assert_eq!(outs, ["head_10x10", "head_20x20"]);
-    let meta: Vec<(&str, &str)> = proto.metadata_props.iter().map(|p| (p.key.as_deref().unwrap(), p.value.as_deref().unwrap())).collect();
-    let note = meta.iter().find(|(k, _)| *k == "outputs").expect("a note on the outputs").1;
-    assert!(note.contains("left to the caller") && note.contains("[115,73]"), "{note}");
-    // Both heads match the candle model's values of those nodes.
     let x = Tensor::from_vec(tlc_runtime::formula::fixture_input(&[1, 3, 320, 320]), (1, 3, 320, 320), &Device::Cpu).unwrap();
     let taps: Vec<_> = ["head_10x10", "head_20x20"].iter().map(|n| model.graph.find(n).unwrap()).collect();
     let (_, want) = model.forward_with(&x, &taps).unwrap();
-    let bytes = onnx::encode(&proto).unwrap();
-    let plan = tract_onnx::onnx().model_for_read(&mut &bytes[..]).unwrap().into_optimized().unwrap().into_runnable().unwrap();
     let data: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-    let out = plan.run(tvec!(tract_onnx::prelude::Tensor::from_shape(&[1, 3, 320, 320], &data).unwrap().into_tvalue())).unwrap();
-    for (o, w) in out.iter().zip(&want) {
-        let got: Vec<f32> = o.to_plain_array_view::<f32>().unwrap().iter().copied().collect();
-        let w: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
-        let (max, std) = error_ratio(&got, &w);
-        assert!(max <= 1e-4 * std, "max {max:e} std {std:e}");
+    for optimized in [false, true] {
+        let proto = onnx_model(&model, &Options { batch: Some(1), ..Options::default() }, optimized).unwrap();
+        let g = proto.graph.as_ref().unwrap();
+        let outs: Vec<&str> = g.output.iter().map(|o| o.name.as_deref().unwrap()).collect();
+        assert_eq!(outs, ["head_10x10", "head_20x20"], "optimized={optimized}: both heads are outputs");
+        let note = &proto.metadata_props.iter().find(|p| p.key.as_deref() == Some("outputs")).expect("a note on the outputs").value;
+        let note = note.as_deref().unwrap();
+        assert!(note.contains("left to the caller") && note.contains("[115,73]"), "{note}");
+        // Both heads match the candle model's values of those nodes.
+        let bytes = onnx::encode(&proto).unwrap();
+        let plan = tract_onnx::onnx().model_for_read(&mut &bytes[..]).unwrap().into_optimized().unwrap().into_runnable().unwrap();
+        let out = plan.run(tvec!(tract_onnx::prelude::Tensor::from_shape(&[1, 3, 320, 320], &data).unwrap().into_tvalue())).unwrap();
+        for (o, w) in out.iter().zip(&want) {
+            let got: Vec<f32> = o.to_plain_array_view::<f32>().unwrap().iter().copied().collect();
+            let w: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+            let (max, std) = error_ratio(&got, &w);
+            assert!(max <= 1e-4 * std, "optimized={optimized}: max {max:e} std {std:e}");
+        }
     }
 }
 

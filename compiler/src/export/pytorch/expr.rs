@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 const RESERVED: &[&str] = &[
     "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue", "def", "del", "elif", "else",
     "except", "finally", "for", "from", "global", "if", "import", "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise",
-    "return", "try", "while", "with", "yield", "match", "case", "self", "x", "math", "torch", "nn", "F", "partial", "ceil",
+    "return", "try", "while", "with", "yield", "match", "case", "self", "x", "math", "torch", "nn", "F", "ceil",
     "floor", "sqrt", "make_divisible", "min", "max", "int", "float", "round", "abs", "len", "range", "list", "tuple", "str",
-    "super", "V", "Op", "Scope", "Block", "BlockCall", "Network", "Model",
+    "super", "V", "Op", "At", "Fn", "Scope", "Block", "BlockCall", "Network", "Model",
 ];
 
 /// A spec variable as a Python identifier.

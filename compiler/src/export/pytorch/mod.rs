@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashMap};
 const PRELUDE: &str = include_str!("prelude.py");
 
 /// Python classes of the prelude that block classes must not shadow.
-const PRELUDE_CLASSES: &[&str] = &["PadConv2d", "LayerNorm2d", "SelfAttention", "WindowAttention", "DFL", "DetectV8", "V", "Op", "Scope", "Block", "BlockCall", "Network", "Model"];
+const PRELUDE_CLASSES: &[&str] = &["PadConv2d", "LayerNorm2d", "SelfAttention", "WindowAttention", "DFL", "V", "Op", "At", "Fn", "Scope", "Block", "BlockCall", "Network", "Model"];
 
 /// The spec at `path` (already compiled to `graph`, for its header) as Python source.
 pub fn export(path: &str, loader: &dyn SourceLoader, graph: &Graph) -> Result<String, Diagnostic> {

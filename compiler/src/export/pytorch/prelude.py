@@ -1,6 +1,4 @@
 import math
-from functools import partial
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -161,34 +159,27 @@ class DFL(nn.Module):
         self.conv.weight.data[:] = torch.arange(bins, dtype=torch.float).view(1, bins, 1, 1)
 
 
-class DetectV8(nn.Module):
+def _detect_v8(net, *levels, path, classes, reg_max, strides):
     """Ultralytics `Detect` decode at inference: per level [N, 4*reg_max + classes, H, W] to
-    [N, 4 + classes, anchors] (box centre, size in input pixels, class probabilities)."""
-
-    def __init__(self, classes, reg_max, strides):
-        super().__init__()
-        self.classes, self.reg_max, self.strides = classes, reg_max, strides
-        self.dfl = DFL(reg_max)
-
-    def forward(self, *levels):
-        n, r = levels[0].shape[0], self.reg_max
-        x = torch.cat([lv.reshape(n, 4 * r + self.classes, -1) for lv in levels], 2)
-        box, cls = x.split((4 * r, self.classes), 1)
-        dist = self.dfl.conv(box.view(n, 4, r, -1).transpose(2, 1).softmax(1)).view(n, 4, -1)
-        anchors, strides = [], []
-        for lv, s in zip(levels, self.strides):
-            h, w = lv.shape[2], lv.shape[3]
-            sy, sx = torch.meshgrid(torch.arange(h, device=x.device) + 0.5, torch.arange(w, device=x.device) + 0.5, indexing="ij")
-            anchors.append(torch.stack((sx, sy), -1).view(-1, 2))
-            strides.append(torch.full((h * w, 1), float(s), device=x.device))
-        anchors, strides = torch.cat(anchors).transpose(0, 1).unsqueeze(0), torch.cat(strides).transpose(0, 1)
-        lt, rb = dist.chunk(2, 1)
-        x1y1, x2y2 = anchors - lt, anchors + rb
-        boxes = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * strides
-        return torch.cat((boxes, cls.sigmoid()), 1)
+    [N, 4 + classes, anchors] (box centre and size in input pixels, class probabilities)."""
+    n, r = levels[0].shape[0], reg_max
+    x = torch.cat([lv.reshape(n, 4 * r + classes, -1) for lv in levels], 2)
+    box, cls = x.split((4 * r, classes), 1)
+    dist = net.get_submodule(path + ".dfl.conv")(box.view(n, 4, r, -1).transpose(2, 1).softmax(1)).view(n, 4, -1)
+    anchors, stride = [], []
+    for lv, s in zip(levels, strides):
+        h, w = lv.shape[2], lv.shape[3]
+        sy, sx = torch.meshgrid(torch.arange(h, device=x.device) + 0.5, torch.arange(w, device=x.device) + 0.5, indexing="ij")
+        anchors.append(torch.stack((sx, sy), -1).view(-1, 2))
+        stride.append(torch.full((h * w, 1), float(s), device=x.device))
+    anchors, stride = torch.cat(anchors).transpose(0, 1).unsqueeze(0), torch.cat(stride).transpose(0, 1)
+    lt, rb = dist.chunk(2, 1)
+    x1y1, x2y2 = anchors - lt, anchors + rb
+    boxes = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * stride
+    return torch.cat((boxes, cls.sigmoid()), 1)
 
 
-def _dropout(x, p, net, depth=False):
+def _dropout(net, x, p, depth=False):
     """Dropout, or stochastic depth (torchvision "row" mode), active in training mode."""
     if not net.training or p == 0:
         return x
@@ -251,8 +242,8 @@ def _concat(*xs, dim):
     return torch.cat(xs, dim)
 
 
-def _param_op(x, owner, name, how):
-    p = getattr(owner, name)
+def _param_op(net, x, owner, name, how):
+    p = getattr(net.get_submodule(owner), name)
     if how == "mul":
         return x * p
     if how == "add":
@@ -272,8 +263,34 @@ class Op:
         self.make = make
 
 
+class At:
+    """A step calling the module at `path` in the network (looked up at each call, so a module
+    swapped in later, such as SyncBatchNorm, is the one used)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, net, *xs):
+        return net.get_submodule(self.path)(*xs)
+
+
+class Fn:
+    """A step calling `f(*inputs, **kw)`, or `f(net, *inputs, **kw)` when it needs the network."""
+
+    def __init__(self, f, with_net=False, **kw):
+        self.f, self.with_net, self.kw = f, with_net, kw
+
+    def __call__(self, net, *xs):
+        return self.f(net, *xs, **self.kw) if self.with_net else self.f(*xs, **self.kw)
+
+
 def _fn(f, shape_of=lambda s: s[0], **kw):
-    return Op(lambda scope, name, shapes: (partial(f, **kw) if kw else f, tuple(shape_of(shapes))))
+    return Op(lambda scope, name, shapes: (Fn(f, **kw), tuple(shape_of(shapes))))
+
+
+def _module(scope, name, module, shape):
+    scope.attach(name, module)
+    return At(scope.join(name)), tuple(shape)
 
 
 def conv(out=None, k=1, s=1, p=0, d=1, groups=1, *, bias=True, depthwise=False):
@@ -285,8 +302,7 @@ def conv(out=None, k=1, s=1, p=0, d=1, groups=1, *, bias=True, depthwise=False):
             m = nn.Conv2d(cin, c_out, kk, ss, (pp[0], pp[2]), dd, g, bias)
         else:
             m = PadConv2d(cin, c_out, kk, ss, pp, dd, g, bias)
-        scope.attach(name, m)
-        return m, (c_out,) + _window2d((h, w), kk, ss, pp, dd)
+        return _module(scope, name, m, (c_out,) + _window2d((h, w), kk, ss, pp, dd))
 
     return Op(make)
 
@@ -298,25 +314,21 @@ def dwconv(k=3, s=1, p=0, d=1, *, bias=True):
 def bn(eps=1e-5):
     def make(scope, name, shapes):
         m = (nn.BatchNorm2d if len(shapes[0]) == 3 else nn.BatchNorm1d)(shapes[0][0], eps)
-        return scope.attach(name, m), shapes[0]
+        return _module(scope, name, m, shapes[0])
 
     return Op(make)
 
 
 def layernorm(eps=1e-5):
-    return Op(lambda scope, name, shapes: (scope.attach(name, nn.LayerNorm(shapes[0][-1], eps)), shapes[0]))
+    return Op(lambda scope, name, shapes: _module(scope, name, nn.LayerNorm(shapes[0][-1], eps), shapes[0]))
 
 
 def layernorm2d(eps=1e-6):
-    return Op(lambda scope, name, shapes: (scope.attach(name, LayerNorm2d(shapes[0][0], eps)), shapes[0]))
+    return Op(lambda scope, name, shapes: _module(scope, name, LayerNorm2d(shapes[0][0], eps), shapes[0]))
 
 
 def linear(out, *, bias=True):
-    def make(scope, name, shapes):
-        m = scope.attach(name, nn.Linear(shapes[0][-1], out, bias))
-        return m, shapes[0][:-1] + (out,)
-
-    return Op(make)
+    return Op(lambda scope, name, shapes: _module(scope, name, nn.Linear(shapes[0][-1], out, bias), shapes[0][:-1] + (out,)))
 
 
 def relu():
@@ -394,7 +406,7 @@ def reshape(*dims, shape=None):
         known = math.prod(d for d in dims if d > 0)
         return tuple(math.prod(sh[0]) // known if d == -1 else d for d in dims)
 
-    return Op(lambda scope, name, shapes: (partial(_reshape, dims=out(shapes)), out(shapes)))
+    return Op(lambda scope, name, shapes: (Fn(_reshape, dims=out(shapes)), out(shapes)))
 
 
 def _reshape(x, dims):
@@ -411,11 +423,11 @@ def select(dim, index):
 
 
 def dropout(p=0.5):
-    return Op(lambda scope, name, shapes: (partial(_dropout, p=p, net=scope.net), shapes[0]))
+    return Op(lambda scope, name, shapes: (Fn(_dropout, True, p=p), shapes[0]))
 
 
 def stochastic_depth(p=0.0):
-    return Op(lambda scope, name, shapes: (partial(_dropout, p=p, net=scope.net, depth=True), shapes[0]))
+    return Op(lambda scope, name, shapes: (Fn(_dropout, True, p=p, depth=True), shapes[0]))
 
 
 def identity():
@@ -445,7 +457,7 @@ def chunk(chunks, index, dim=1):
         out[dim - 1] //= chunks
         return out
 
-    return Op(lambda scope, name, shapes: (partial(_chunk, chunks=chunks, index=index, dim=dim), tuple(shape(shapes))))
+    return Op(lambda scope, name, shapes: (Fn(_chunk, chunks=chunks, index=index, dim=dim), tuple(shape(shapes))))
 
 
 def _chunk(x, chunks, index, dim):
@@ -469,7 +481,7 @@ def _param(how, shape_of):
     def make(scope, name, shapes):
         owner, attr = scope.attach_param(name, torch.zeros(shape_of(shapes[0])))
         out = (shapes[0][0] + 1,) + shapes[0][1:] if how == "cat" else shapes[0]
-        return partial(_param_op, owner=owner, name=attr, how=how), out
+        return Fn(_param_op, True, owner=owner, name=attr, how=how), out
 
     return Op(make)
 
@@ -487,11 +499,11 @@ def pos_embed():
 
 
 def self_attention(heads):
-    return Op(lambda scope, name, shapes: (scope.attach(name, SelfAttention(shapes[0][-1], heads)), shapes[0]))
+    return Op(lambda scope, name, shapes: _module(scope, name, SelfAttention(shapes[0][-1], heads), shapes[0]))
 
 
 def window_attention(heads, window=7, shift=0):
-    return Op(lambda scope, name, shapes: (scope.attach(name, WindowAttention(shapes[0][-1], heads, window, shift)), shapes[0]))
+    return Op(lambda scope, name, shapes: _module(scope, name, WindowAttention(shapes[0][-1], heads, window, shift), shapes[0]))
 
 
 def patch_merge():
@@ -500,9 +512,9 @@ def patch_merge():
 
 def detect_v8(classes, reg_max=16, strides=(8, 16, 32)):
     def make(scope, name, shapes):
-        m = DetectV8(classes, reg_max, list(strides))
-        scope.attach(name, m)
-        return m, (4 + classes, sum(s[1] * s[2] for s in shapes))
+        scope.attach(name + ".dfl", DFL(reg_max))
+        step = Fn(_detect_v8, True, path=scope.join(name), classes=classes, reg_max=reg_max, strides=list(strides))
+        return step, (4 + classes, sum(s[1] * s[2] for s in shapes))
 
     return Op(make)
 
@@ -542,7 +554,7 @@ class Scope:
     the body's inputs."""
 
     def begin(self, module, path, inputs, net):
-        self.__dict__.update(_mod=module, path=path, inputs=list(inputs), net=net, count=0, named=[], order=[])
+        self.__dict__.update(_mod=module, path=path, _inputs=list(inputs), net=net, _count=0, _named=[], _order=[])
         return self
 
     # -- names and modules
@@ -559,37 +571,31 @@ class Scope:
         return m
 
     def attach(self, name, module):
-        """Registers an op's module at `name`; where the spec already put a module there (a
-        name several items share), the op's parts join it."""
+        """Registers an op's module at the dotted `name` under this scope."""
         parent, _, last = name.rpartition(".")
         owner = self._container(parent)
-        target = owner._modules.get(last)
-        if target is None:
-            owner.add_module(last, module)
-            return module
-        for k, child in module._modules.items():
-            target.add_module(k, child)
-        for k, p in module._parameters.items():
-            target.register_parameter(k, p)
-        for k, b in module._buffers.items():
-            target.register_buffer(k, b)
+        if last in owner._modules:
+            raise ValueError(f"`{self.join(name)}` is defined twice")
+        owner.add_module(last, module)
         return module
 
     def attach_param(self, name, tensor):
+        """Registers a parameter named `name` (on the module holding it); returns that module's
+        path and the parameter's attribute name."""
         parent, _, last = name.rpartition(".")
-        owner = self._container(parent)
-        owner.register_parameter(last, nn.Parameter(tensor))
-        return owner, last
+        self._container(parent).register_parameter(last, nn.Parameter(tensor))
+        full = self.join(parent) if parent else self.path
+        return full, last
 
     # -- the lowering rules of tlc
     def index(self):
-        self.count += 1
-        return str(self.count - 1)
+        self._count += 1
+        return str(self._count - 1)
 
     def record(self, v, name=None):
         if name is not None:
-            self.named.append((name, v))
-        self.order.append(v)
+            self._named.append((name, v))
+        self._order.append(v)
         return v
 
     def step(self, what, *ins, name=None):
@@ -605,7 +611,7 @@ class Scope:
     def sub(self, name, *ins):
         """A `name:` item holding a body or a chain: a child scope (inputs: `ins`, or this one's)."""
         self.index()
-        child = Scope().begin(self._container(name), self.join(name), ins or self.inputs, self.net)
+        child = Scope().begin(self._container(name), self.join(name), ins or self._inputs, self.net)
         child.name = name
         return child
 
@@ -647,16 +653,16 @@ class Scope:
         """A `from:` / `@` reference: `in`, `inK`, -k (k-th previous item), a name of this
         body, or a full node or scope name."""
         if r == "in":
-            return self.inputs[0]
-        if r.startswith("in") and r[2:].isdigit() and int(r[2:]) < len(self.inputs):
-            return self.inputs[int(r[2:])]
+            return self._inputs[0]
+        if r.startswith("in") and r[2:].isdigit() and int(r[2:]) < len(self._inputs):
+            return self._inputs[int(r[2:])]
         if r.lstrip("-").isdigit() and int(r) < 0:
-            i = len(self.order) + int(r)
+            i = len(self._order) + int(r)
             if i >= 0:
-                return self.order[i]
+                return self._order[i]
             if i == -1:
-                return self.inputs[0]
-        for n, v in reversed(self.named):
+                return self._inputs[0]
+        for n, v in reversed(self._named):
             if n == r:
                 return v
         names = self.net._names
@@ -694,7 +700,7 @@ class Network(Block):
         self._nvals, self._names["input"] = 1, x
         self.begin(self, "", [x], self)
         out = self.build(x)
-        heads = [V(o, ()) for fn, _, o in self._steps if fn is _yolo_head]
+        heads = [V(o, ()) for fn, _, o in self._steps if isinstance(fn, Fn) and fn.f is _yolo_head]
         self._finish(heads or [out])
         for module, names in self._orders:
             first = {n: module._modules[n] for n in names if n in module._modules}
@@ -735,7 +741,7 @@ class Network(Block):
         vals = [None] * self._nvals
         vals[0] = x
         for fn, ins, out, free in self._run:
-            vals[out] = fn(*[vals[i] for i in ins])
+            vals[out] = fn(self, *[vals[i] for i in ins])
             for i in free:
                 vals[i] = None
         outs = [vals[i] for i in self._outs]
