@@ -73,15 +73,15 @@ fn pytorch_source_has_a_class_per_block_and_loops_for_repeats() {
     let code = pytorch::export(root().join("specs/resnet50.yaml").to_str().unwrap(), &Disk, &graph).unwrap();
     assert!(code.contains("class Bottleneck(Block):\n    \"\"\"`bottleneck(c, s=1, project=false)`\"\"\"\n\n    def build(self, x, c, s=1, project=False):"), "{code}");
     assert!(code.contains("class Stage(Block):"));
-    assert!(code.contains("for i in range((n - 1)):"), "the stage's repeat is a loop");
-    assert!(code.contains("x = self.step(conv(c, k=1, bias=False), x, name=\"conv1\")"));
+    assert!(code.contains("for i in range(n - 1):"), "the stage's repeat is a loop");
+    assert!(code.contains("_v1 = self.named(\"conv1\", conv(c, k=1, bias=False), x)"));
     assert!(code.contains("x = self.named(\"layer1\", Stage.of(64, 3, 1), x)"));
     // Blocks read their caller's variables as keyword arguments, passed at each call.
     let graph = compile_spec("specs/yolov8.yaml", Some("s"));
     let code = pytorch::export(root().join("specs/yolov8.yaml").to_str().unwrap(), &Disk, &graph).unwrap();
     assert!(code.contains("width = 0.5") && code.contains("variant = \"s\""), "variant s values");
     assert!(code.contains("def build(self, x, c=0, k=1, s=1, c2=None, *, max_ch, width):"), "{code}");
-    assert!(code.contains("if c2 is None:\n            c2 = make_divisible((min(c, max_ch) * width))"));
+    assert!(code.contains("if c2 is None:\n            c2 = make_divisible(min(c, max_ch) * width)"));
 }
 
 /// A spec file with a small model and its formula weights as safetensors, in `dir`.
@@ -162,7 +162,7 @@ fn cli_errors_are_clear() {
     let o = tlc(&["export", ln.to_str().unwrap(), "--format", "onnx", "--opset", "16", "-o", dir.join("ln.onnx").to_str().unwrap()]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("`norm` (layernorm2d)") && err.contains("opset 17") && err.contains("ln.yaml:5"), "{err}");
+    assert!(err.contains("`norm` (layernorm)") && err.contains("opset 17") && err.contains("ln.yaml:5"), "{err}");
     let o = tlc(&["export", spec_s, "--format", "onnx", "--batch", "zero", "-o", dir.join("z.onnx").to_str().unwrap()]);
     assert!(stderr(&o).contains("--batch takes `dynamic` or a positive size"), "{}", stderr(&o));
 }

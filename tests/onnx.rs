@@ -49,7 +49,11 @@ fn error_ratio(a: &[f32], b: &[f32]) -> (f64, f64) {
 }
 
 fn export_bytes(model: &Model, optimized: bool) -> Vec<u8> {
-    let proto = onnx_model(model, &Options::default(), optimized).unwrap_or_else(|e| panic!("{}: export failed: {e:#}", model.graph.meta.name));
+    export_at(model, optimized, onnx::DEFAULT_OPSET)
+}
+
+fn export_at(model: &Model, optimized: bool, opset: i64) -> Vec<u8> {
+    let proto = onnx_model(model, &Options { opset, ..Options::default() }, optimized).unwrap_or_else(|e| panic!("{}: export failed: {e:#}", model.graph.meta.name));
     onnx::encode(&proto).unwrap()
 }
 
@@ -119,6 +123,10 @@ fn inline(spec: &str) -> tlc_compiler::ir::Graph {
 /// Runs an inline spec (formula weights, formula input of batch 2) in candle and, exported
 /// plain and optimized, in tract; the outputs must agree to 1e-5 relative to their spread.
 fn agrees_with_candle(spec: &str) {
+    agrees_with_candle_at(spec, onnx::DEFAULT_OPSET);
+}
+
+fn agrees_with_candle_at(spec: &str, opset: i64) {
     let graph = inline(spec);
     let mut shape = vec![2];
     shape.extend(&graph.meta.input);
@@ -126,10 +134,10 @@ fn agrees_with_candle(spec: &str) {
     let model = Model::with_fixture_weights(graph, &Device::Cpu).unwrap();
     let want: Vec<f32> = model.forward(&input).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     for opt in [false, true] {
-        let (_, got) = run_tract(&export_bytes(&model, opt), &input);
+        let (_, got) = run_tract(&export_at(&model, opt, opset), &input);
         assert_eq!(got.len(), want.len(), "{spec}");
         let (max, std) = error_ratio(&got, &want);
-        assert!(max <= 1e-5 * std.max(1e-3), "optimized={opt}: max diff {max:.3e} (std {std:.3e}) for\n{spec}");
+        assert!(max <= 1e-5 * std.max(1e-3), "opset {opset}, optimized={opt}: max diff {max:.3e} (std {std:.3e}) for\n{spec}");
     }
 }
 
@@ -138,6 +146,15 @@ fn pooling_forms_agree_with_candle() {
     agrees_with_candle("name: t\ninput: [3, 11, 10]\ngraph:\n  - maxpool(3, s=2, ceil=true)\n  - avgpool(3, s=2, p=1, ceil=true)\n  - avgpool(2, s=1, p=1, count_include_pad=false)\n");
     agrees_with_candle("name: t\ninput: [3, 13, 9]\ngraph:\n  - avgpool(3, s=2, p=[1, 0, 0, 1], ceil=true)\n  - maxpool(2, s=1, p=\"same\")\n  - adaptive_avgpool([4, 3])\n");
     agrees_with_candle("name: t\ninput: [4, 9, 7]\ngraph:\n  - avgpool(3, s=2, ceil=true, count_include_pad=false)\n  - global_maxpool\n  - flatten\n  - softmax\n");
+}
+
+#[test]
+fn every_opset_written_runs() {
+    // Reductions take their axes as an input from opset 18 (ReduceSum from 13).
+    let spec = "name: t\ninput: [3, 13, 9]\ngraph:\n  - conv(6, k=3, p=1) -> bn -> relu6\n  - adaptive_avgpool([4, 3])\n  - upsample(2) -> zeropad(1) -> hardsigmoid\n  - flatten -> softmax\n";
+    for opset in [*onnx::OPSETS.start(), 17, 18, *onnx::OPSETS.end()] {
+        agrees_with_candle_at(spec, opset);
+    }
 }
 
 #[test]
@@ -228,7 +245,7 @@ fn ops_without_an_onnx_form_name_the_op_and_the_spec_line() {
     let model = Model::with_fixture_weights(graph, &Device::Cpu).unwrap();
     let err = onnx::export(&model.graph, &|_| None, &Options { opset: 13, ..Options::default() }).unwrap_err();
     let Error::Node(d) = err else { panic!("expected a node error, got {err}") };
-    assert!(d.message.contains("`ln` (layernorm2d)") && d.message.contains("opset 17"), "{}", d.message);
+    assert!(d.message.contains("`ln` (layernorm)") && d.message.contains("opset 17"), "{}", d.message);
     let line = &"name: t\ninput: [3, 8, 8]\ngraph:\n  - conv(4, k=1)\n  - ln: layernorm2d\n"[d.labels[0].span.range()];
     assert_eq!(line, "layernorm2d");
     let hs = inline("name: t\ninput: [3, 8, 8]\ngraph:\n  - hardswish\n");

@@ -16,63 +16,12 @@ use crate::ir::{Graph, Node, Op};
 /// Tensors by full `state_dict` name, row-major `f32` (the shapes are the graph's).
 pub type Weights<'a> = &'a dyn Fn(&str) -> Option<Vec<f32>>;
 
-/// The op name a spec writes for `op` (for messages).
-pub fn op_name(op: &Op) -> &'static str {
-    use crate::ir::{Activation as A, NormAxis};
-    match op {
-        Op::Input => "input",
-        Op::Conv { .. } => "conv",
-        Op::BatchNorm { .. } => "bn",
-        Op::LayerNorm { axis: NormAxis::Last, .. } => "layernorm",
-        Op::LayerNorm { axis: NormAxis::Channels, .. } => "layernorm2d",
-        Op::Act(a) => match a {
-            A::Relu => "relu",
-            A::Relu6 => "relu6",
-            A::LeakyRelu(_) => "leaky_relu",
-            A::Silu => "silu",
-            A::Gelu => "gelu",
-            A::HardSwish => "hardswish",
-            A::HardSigmoid => "hardsigmoid",
-            A::Sigmoid => "sigmoid",
-            A::Tanh => "tanh",
-        },
-        Op::Softmax { .. } => "softmax",
-        Op::Linear { .. } => "linear",
-        Op::MaxPool { .. } => "maxpool",
-        Op::AvgPool { .. } => "avgpool",
-        Op::AdaptiveAvgPool { .. } => "adaptive_avgpool",
-        Op::GlobalPool { max: false } => "global_avgpool",
-        Op::GlobalPool { max: true } => "global_maxpool",
-        Op::Flatten { .. } => "flatten",
-        Op::Reshape { .. } => "reshape",
-        Op::Permute { .. } => "permute",
-        Op::Select { .. } => "select",
-        Op::Dropout { stochastic_depth: false, .. } => "dropout",
-        Op::Dropout { stochastic_depth: true, .. } => "stochastic_depth",
-        Op::Identity => "identity",
-        Op::Add => "add",
-        Op::Mul => "mul",
-        Op::Concat { .. } => "concat",
-        Op::Chunk { .. } => "chunk",
-        Op::Upsample { .. } => "upsample",
-        Op::ZeroPad { .. } => "zeropad",
-        Op::ChannelAffine { .. } => "channel_affine",
-        Op::Scale { .. } => "scale",
-        Op::ClassToken => "class_token",
-        Op::PosEmbed => "pos_embed",
-        Op::SelfAttention { .. } => "self_attention",
-        Op::WindowAttention { .. } => "window_attention",
-        Op::PatchMerge => "patch_merge",
-        Op::DetectV8 { .. } => "detect_v8",
-        Op::YoloHead { .. } => "yolo_head",
-    }
-}
-
 /// An error about one node: the message names the node and its op, the label points at the
 /// spec line it came from.
 pub fn node_error(code: &'static str, node: &Node, message: impl Into<String>) -> Diagnostic {
-    let mut d = Diagnostic::error(code, node.span, format!("`{}` ({}): {}", node.name, op_name(&node.op), message.into()));
-    d.labels[0].message = format!("`{}` comes from here", op_name(&node.op));
+    let op = crate::emit::op_label(&node.op);
+    let mut d = Diagnostic::error(code, node.span, format!("`{}` ({op}): {}", node.name, message.into()));
+    d.labels[0].message = format!("`{op}` comes from here");
     d.trace = node.trace.clone();
     d
 }

@@ -41,30 +41,58 @@ fn float(f: f64) -> String {
     }
 }
 
-/// Python source of an expression (fully parenthesised where operators nest).
+/// Python source of an expression, parenthesised only where Python's precedence needs it.
 pub fn py(e: &Expr) -> Result<String, String> {
+    Ok(prec(e)?.0)
+}
+
+/// Python binding strength of a binary operator (higher binds tighter).
+fn binary_prec(op: &str) -> u8 {
+    match op {
+        "or" => 2,
+        "and" => 3,
+        "==" | "!=" | "<" | "<=" | ">" | ">=" => 5,
+        "+" | "-" => 6,
+        "**" => 9,
+        _ => 7,
+    }
+}
+
+/// The source and its precedence: 1 conditional, 2 or, 3 and, 4 not, 5 comparison, 6 sum,
+/// 7 product, 8 unary minus, 9 power, 10 atoms.
+fn prec(e: &Expr) -> Result<(String, u8), String> {
+    let wrap = |(s, p): (String, u8), min: u8| if p < min { format!("({s})") } else { s };
     Ok(match &e.kind {
-        ExprKind::Int(i) => i.to_string(),
-        ExprKind::Float(f) => float(*f),
-        ExprKind::Str(s) => string(s),
-        ExprKind::Bool(b) => if *b { "True" } else { "False" }.into(),
-        ExprKind::None => "None".into(),
-        ExprKind::List(items) => format!("[{}]", items.iter().map(py).collect::<Result<Vec<_>, _>>()?.join(", ")),
-        ExprKind::Var(v) => var(v),
+        ExprKind::Int(i) => (i.to_string(), 10),
+        ExprKind::Float(f) => (float(*f), 10),
+        ExprKind::Str(s) => (string(s), 10),
+        ExprKind::Bool(b) => (if *b { "True" } else { "False" }.into(), 10),
+        ExprKind::None => ("None".into(), 10),
+        ExprKind::List(items) => (format!("[{}]", items.iter().map(py).collect::<Result<Vec<_>, _>>()?.join(", ")), 10),
+        ExprKind::Var(v) => (var(v), 10),
         ExprKind::Ref(r) => return Err(format!("`@{r}` refers to a node and is no value")),
         ExprKind::Unary(op, a) => match *op {
-            "not" => format!("(not {})", py(a)?),
-            _ => format!("(-{})", py(a)?),
+            "not" => (format!("not {}", wrap(prec(a)?, 4)), 4),
+            _ => (format!("-{}", wrap(prec(a)?, 8)), 8),
         },
-        ExprKind::Binary(op, a, b) => format!("({} {op} {})", py(a)?, py(b)?),
-        ExprKind::Cond(c, t, f) => format!("({} if {} else {})", py(t)?, py(c)?, py(f)?),
-        ExprKind::Index(a, i) => format!("{}[{}]", py(a)?, py(i)?),
+        ExprKind::Binary(op, a, b) => {
+            let p = binary_prec(op);
+            // Left-associative (power: right-associative); comparisons do not chain.
+            let (left_min, right_min) = match p {
+                9 => (10, 8),
+                5 => (6, 6),
+                _ => (p, p + 1),
+            };
+            (format!("{} {op} {}", wrap(prec(a)?, left_min), wrap(prec(b)?, right_min)), p)
+        }
+        ExprKind::Cond(c, t, f) => (format!("{} if {} else {}", wrap(prec(t)?, 2), wrap(prec(c)?, 2), wrap(prec(f)?, 1)), 1),
+        ExprKind::Index(a, i) => (format!("{}[{}]", wrap(prec(a)?, 10), py(i)?), 10),
         ExprKind::Call(c) => {
             let mut args: Vec<String> = c.args.iter().map(py).collect::<Result<_, _>>()?;
             for (k, _, v) in &c.kwargs {
                 args.push(format!("{k}={}", py(v)?));
             }
-            format!("{}({})", c.name, args.join(", "))
+            (format!("{}({})", c.name, args.join(", ")), 10)
         }
     })
 }
@@ -148,4 +176,48 @@ pub fn is_constant(e: &Expr) -> bool {
     let mut v = BTreeSet::new();
     vars(e, &mut v);
     v.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::Span;
+
+    fn p(s: &str) -> String {
+        py(&crate::expr::parse_expr(s, Span::default()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn expressions_keep_tlc_semantics_in_python() {
+        assert_eq!(p("4*c"), "4 * c");
+        assert_eq!(p("c // 2 + 1"), "c // 2 + 1");
+        assert_eq!(p("(a + b) * c - (d - e)"), "(a + b) * c - (d - e)");
+        assert_eq!(p("a - (b + c)"), "a - (b + c)");
+        assert_eq!(p("s if i == 0 else 1"), "s if i == 0 else 1");
+        assert_eq!(p("(s if a else 1) * 2"), "(s if a else 1) * 2");
+        assert_eq!(p("not linear and t != 1"), "not linear_ and t != 1");
+        assert_eq!(p("not (a and b)"), "not (a and b)");
+        assert_eq!(p("make_divisible(c * width, 8)"), "make_divisible(c * width, 8)");
+        assert_eq!(p("[1, 2.5, true, none, 'a']"), "[1, 2.5, True, None, \"a\"]");
+        assert_eq!(p("stages[j][2] ** 2"), "stages[j][2] ** 2");
+        assert_eq!(p("2 ** 3 ** 2"), "2 ** 3 ** 2");
+        assert_eq!(p("(2 ** 3) ** 2"), "(2 ** 3) ** 2");
+        assert_eq!(p("-x ** 2"), "-x_ ** 2");
+        assert_eq!(p("(-x) ** 2"), "(-x_) ** 2");
+        assert_eq!(p("-(a + b)"), "-(a + b)");
+        assert_eq!(p("1e-3"), "0.001");
+    }
+
+    #[test]
+    fn templates_become_f_strings_and_names_stay_safe() {
+        assert_eq!(template("denselayer{i+1}").unwrap(), "f\"denselayer{i + 1}\"");
+        assert_eq!(template("cv2.{l}").unwrap(), "f\"cv2.{l}\"");
+        assert_eq!(template("layer1").unwrap(), "\"layer1\"");
+        assert_eq!(var("in"), "in_");
+        assert_eq!(var("conv"), "conv_");
+        assert_eq!(var("_x"), "_x_");
+        assert_eq!(var("in_channels"), "in_channels");
+        assert_eq!(op_keyword("conv", "kernel_size"), "k");
+        assert_eq!(op_keyword("chunk", "n"), "chunks");
+    }
 }
