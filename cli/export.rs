@@ -74,6 +74,9 @@ fn run(graph: Graph, sources: &Sources, a: &ExportArgs) -> Result<()> {
         n => Some(n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| anyhow!("--batch takes `dynamic` or a positive size, not `{n}`"))?),
     };
     let options = onnx::Options { opset: a.opset, batch, labels: names(&graph.meta.labels) };
+    if a.format != "pytorch" {
+        onnx::check_options(&options)?;
+    }
     match a.format.as_str() {
         "pytorch" => {
             if a.weights.is_some() || a.optimize {

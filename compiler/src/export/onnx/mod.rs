@@ -103,7 +103,8 @@ pub fn encode(model: &ModelProto) -> Result<Vec<u8>, Error> {
     Ok(model.encode_to_vec())
 }
 
-fn check_options(o: &Options) -> Result<(), Error> {
+/// Checks the options before any work (a supported opset, a batch of at least 1).
+pub fn check_options(o: &Options) -> Result<(), Error> {
     if !OPSETS.contains(&o.opset) {
         return Err(Error::Invalid(format!("opset {} is not supported: tlc writes opsets {} to {}", o.opset, OPSETS.start(), OPSETS.end())));
     }
