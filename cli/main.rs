@@ -5,6 +5,7 @@ mod bench;
 mod compile;
 mod draw;
 mod eval;
+mod export;
 mod features;
 mod import;
 mod inspect;
@@ -54,6 +55,8 @@ enum Command {
     Weights(weights::WeightsArgs),
     /// Translate another framework's network description into a spec.
     Import(import::ImportArgs),
+    /// Export to ONNX, to a PyTorch source file, or to a Triton model repository.
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::bench(a),
         Command::Weights(a) => weights::weights(a),
         Command::Import(a) => import::import_cmd(a),
+        Command::Export(a) => export::export(a),
     };
     ExitCode::from(code)
 }

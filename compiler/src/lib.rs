@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod diag;
 pub mod draw;
 pub mod emit;
+pub mod export;
 pub mod expr;
 pub mod header;
 pub mod import;
@@ -55,7 +56,7 @@ fn resolve_path(base: &str, rel: &str) -> String {
 }
 
 /// Reads a spec file and its imports; returns the main spec and all blocks.
-fn read_all(path: &str, loader: &dyn SourceLoader, sources: &mut Sources, diags: &mut Vec<Diagnostic>) -> Option<(spec::Spec, Vec<spec::BlockDef>)> {
+pub(crate) fn read_all(path: &str, loader: &dyn SourceLoader, sources: &mut Sources, diags: &mut Vec<Diagnostic>) -> Option<(spec::Spec, Vec<spec::BlockDef>)> {
     let text = match loader.load(path) {
         Ok(t) => t,
         Err(e) => {

@@ -11,8 +11,8 @@
 //!   `(b - mean) * gamma / sqrt(var + eps) + beta` from the loaded tensors;
 //! * **activation fusion**: an `Act` whose input is a `Conv`, `Linear`, `BatchNorm` or `Add`
 //!   read by nothing else is removed and recorded in [`Optimized::acts`] for that node;
-//! * **dead-node elimination**: nodes the output does not depend on are dropped (the input
-//!   node always stays);
+//! * **dead-node elimination**: nodes no model output depends on are dropped (the outputs are
+//!   the graph output and every darknet YOLO head; the input node always stays);
 //! * **residual fusion**: an `Add` of two values, one of them a dense conv's (raw or after
 //!   its folded BatchNorm, no activation) read by nothing else, becomes that conv moved to the
 //!   `Add`'s place with the other operand as a second input ([`Optimized::residual`]); the
@@ -227,10 +227,13 @@ impl<'g> Passes<'g> {
         }
     }
 
-    /// Liveness from the output (the input node always stays).
+    /// Liveness from the outputs (the graph output and darknet YOLO heads; the input node
+    /// always stays).
     fn mark_live(&mut self) {
-        let out = self.rep(self.g.output.index());
-        self.slots[out].live = true;
+        for o in crate::export::outputs(self.g) {
+            let r = self.rep(o.index());
+            self.slots[r].live = true;
+        }
         for i in (0..self.nodes.len()).rev() {
             if self.slots[i].live && self.rep(i) == i {
                 for inp in &self.nodes[i].inputs {

@@ -2,9 +2,10 @@
 //! as dim 0; the IR's per-sample shapes follow after it.
 
 use crate::kernels as k;
-use candle_core::{Device, IndexOp, Result, Tensor};
+use candle_core::{IndexOp, Result, Tensor};
 use tlc_compiler::ir::{Activation, NormAxis, Op};
 use tlc_compiler::ops::conv::resolve_padding;
+use tlc_compiler::ops::{relative_position_index, shift_mask, window_shifts};
 
 /// Parameters of one node, looked up by suffix (`weight`, `bias`, ...; `""` for the node's own).
 pub trait ParamSource {
@@ -190,22 +191,6 @@ pub fn self_attention_with(
     linear(&o, p.param("out_proj.weight")?, p.param("out_proj.bias")?)
 }
 
-/// torchvision's relative position index for a `w x w` window, flattened (w^2 * w^2).
-pub fn relative_position_index(w: usize) -> Vec<u32> {
-    let n = w * w;
-    let mut idx = Vec::with_capacity(n * n);
-    for a in 0..n {
-        for b in 0..n {
-            let (ha, wa) = (a / w, a % w);
-            let (hb, wb) = (b / w, b % w);
-            let dh = ha as isize - hb as isize + w as isize - 1;
-            let dw = wa as isize - wb as isize + w as isize - 1;
-            idx.push((dh * (2 * w as isize - 1) + dw) as u32);
-        }
-    }
-    idx
-}
-
 fn roll2(x: &Tensor, s0: isize, s1: isize) -> Result<Tensor> {
     // torch.roll over dims 1 and 2 of (B, H, W, C).
     let roll = |x: &Tensor, dim: usize, s: isize| -> Result<Tensor> {
@@ -233,8 +218,7 @@ fn window_attention(x: &Tensor, heads: usize, ws: usize, shift: usize, p: &dyn P
         xp = xp.pad_with_zeros(1, 0, pad_b)?;
     }
     let (ph, pw) = (h + pad_b, w + pad_r);
-    let s0 = if ws >= ph { 0 } else { shift };
-    let s1 = if ws >= pw { 0 } else { shift };
+    let (s0, s1) = window_shifts(ph, pw, ws, shift);
     let shifted = s0 + s1 > 0;
     if shifted {
         xp = roll2(&xp, -(s0 as isize), -(s1 as isize))?;
@@ -252,7 +236,7 @@ fn window_attention(x: &Tensor, heads: usize, ws: usize, shift: usize, p: &dyn P
     let idx = Tensor::from_vec(relative_position_index(ws), t * t, table.device())?;
     let bias = table.index_select(&idx, 0)?.reshape((t, t, heads))?.permute((2, 0, 1))?.contiguous()?.unsqueeze(0)?;
     let bias = if shifted {
-        let mask = shift_mask(ph, pw, ws, s0, s1, table.device())?; // (nwin, t, t)
+        let mask = Tensor::from_vec(shift_mask(ph, pw, ws, s0, s1), (nwin, t, t), table.device())?;
         // (b, nwin, heads, t, t) flattened to (b*nwin, heads, t, t)
         let full = bias.unsqueeze(0)?.broadcast_add(&mask.unsqueeze(1)?.unsqueeze(0)?)?; // (1, nwin, heads, t, t)
         full.broadcast_as((b, nwin, heads, t, t))?.contiguous()?.reshape((b * nwin, heads, t, t))?
@@ -267,40 +251,6 @@ fn window_attention(x: &Tensor, heads: usize, ws: usize, shift: usize, p: &dyn P
         y = roll2(&y, s0 as isize, s1 as isize)?;
     }
     y.narrow(1, 0, h)?.narrow(2, 0, w)?.contiguous()
-}
-
-/// Swin's attention mask for shifted windows: (num_windows, t, t) of 0 / -100.
-fn shift_mask(ph: usize, pw: usize, ws: usize, s0: usize, s1: usize, dev: &Device) -> Result<Tensor> {
-    let region = |i: usize, n: usize, s: usize| -> usize {
-        if i < n - ws {
-            0
-        } else if i < n - s {
-            1
-        } else {
-            2
-        }
-    };
-    let mut img = vec![0f32; ph * pw];
-    for y in 0..ph {
-        for x in 0..pw {
-            img[y * pw + x] = (region(y, ph, s0) * 3 + region(x, pw, s1)) as f32;
-        }
-    }
-    let (nh, nw) = (ph / ws, pw / ws);
-    let t = ws * ws;
-    let mut out = vec![0f32; nh * nw * t * t];
-    for wy in 0..nh {
-        for wx in 0..nw {
-            let win = wy * nw + wx;
-            let ids: Vec<f32> = (0..t).map(|k| img[(wy * ws + k / ws) * pw + wx * ws + k % ws]).collect();
-            for a in 0..t {
-                for bb in 0..t {
-                    out[win * t * t + a * t + bb] = if ids[a] != ids[bb] { -100.0 } else { 0.0 };
-                }
-            }
-        }
-    }
-    Tensor::from_vec(out, (nh * nw, t, t), dev)
 }
 
 /// torchvision `_patch_merging_pad`: (B, H, W, C) to (B, H/2, W/2, 4C).
@@ -368,6 +318,7 @@ fn detect_v8(ins: &[Tensor], classes: usize, reg_max: usize, strides: &[usize], 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     struct NoParams;
     impl ParamSource for NoParams {

@@ -2,6 +2,7 @@
 pub mod detect;
 pub mod draw;
 pub mod exec;
+pub mod export;
 pub mod formula;
 pub mod hub;
 pub mod kernels;

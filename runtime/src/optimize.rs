@@ -47,6 +47,39 @@ fn bn_affine(params: &HashMap<String, Tensor>, bn: &str, eps: f64) -> Result<(Ve
     Ok((scale.into_iter().map(|s| s as f32).collect(), shift))
 }
 
+/// The parameters of the optimized graph `plan` from the plain model's `params`: each
+/// remaining node's own tensors, and for every folded BatchNorm the conv or linear weight
+/// scaled by `gamma / sqrt(var + eps)` and its (new) bias.
+pub fn folded_params(plan: &Optimized, params: &HashMap<String, Tensor>, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    for (_, n) in plan.graph.nodes() {
+        for p in &n.params {
+            if let Some(t) = params.get(&p.name) {
+                out.insert(p.name.clone(), t.clone());
+            }
+        }
+    }
+    for f in &plan.folds {
+        let node = plan.graph.node(f.node);
+        let (scale, shift) = bn_affine(params, &f.bn, f.eps)?;
+        let wname = format!("{}.weight", node.name);
+        let bname = format!("{}.bias", node.name);
+        let w = params.get(&wname).ok_or_else(|| anyhow!("parameter `{wname}` is not loaded"))?;
+        let c = scale.len();
+        if w.dim(0)? != c {
+            bail!("cannot fold `{}` into `{}`: {} channels against {:?}", f.bn, node.name, c, w.dims());
+        }
+        let wv = vec1(w)?;
+        let per = wv.len() / c;
+        let wf: Vec<f32> = wv.iter().enumerate().map(|(i, &x)| x * scale[i / per]).collect();
+        let b0 = if f.had_bias { vec1(params.get(&bname).ok_or_else(|| anyhow!("parameter `{bname}` is not loaded"))?)? } else { vec![0.0; c] };
+        let bf: Vec<f32> = b0.iter().zip(&scale).zip(&shift).map(|((&b, &s), &t)| b * s + t).collect();
+        out.insert(wname, Tensor::from_vec(wf, w.dims(), device)?);
+        out.insert(bname, Tensor::from_vec(bf, c, device)?);
+    }
+    Ok(out)
+}
+
 impl Model {
     /// The optimized view of this model (see [`OptimizedModel`]).
     pub fn optimized(&self) -> Result<OptimizedModel> {
@@ -58,32 +91,7 @@ impl OptimizedModel {
     /// Optimizes `graph` and folds `params` (the plain model's tensors, by name).
     pub fn new(graph: &Graph, params: &HashMap<String, Tensor>, device: &Device) -> Result<OptimizedModel> {
         let plan = passes::optimize(graph);
-        let mut out: HashMap<String, Tensor> = HashMap::new();
-        for (_, n) in plan.graph.nodes() {
-            for p in &n.params {
-                if let Some(t) = params.get(&p.name) {
-                    out.insert(p.name.clone(), t.clone());
-                }
-            }
-        }
-        for f in &plan.folds {
-            let node = plan.graph.node(f.node);
-            let (scale, shift) = bn_affine(params, &f.bn, f.eps)?;
-            let wname = format!("{}.weight", node.name);
-            let bname = format!("{}.bias", node.name);
-            let w = params.get(&wname).ok_or_else(|| anyhow!("parameter `{wname}` is not loaded"))?;
-            let c = scale.len();
-            if w.dim(0)? != c {
-                bail!("cannot fold `{}` into `{}`: {} channels against {:?}", f.bn, node.name, c, w.dims());
-            }
-            let wv = vec1(w)?;
-            let per = wv.len() / c;
-            let wf: Vec<f32> = wv.iter().enumerate().map(|(i, &x)| x * scale[i / per]).collect();
-            let b0 = if f.had_bias { vec1(params.get(&bname).ok_or_else(|| anyhow!("parameter `{bname}` is not loaded"))?)? } else { vec![0.0; c] };
-            let bf: Vec<f32> = b0.iter().zip(&scale).zip(&shift).map(|((&b, &s), &t)| b * s + t).collect();
-            out.insert(wname, Tensor::from_vec(wf, w.dims(), device)?);
-            out.insert(bname, Tensor::from_vec(bf, c, device)?);
-        }
+        let out = folded_params(&plan, params, device)?;
         let mut affine = HashMap::new();
         for (id, n) in plan.graph.nodes() {
             if let Op::BatchNorm { eps } = n.op {

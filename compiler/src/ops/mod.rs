@@ -14,6 +14,7 @@ mod transformer;
 
 pub use args::Args;
 pub use tensor::reshape_dims;
+pub use transformer::{relative_position_index, shift_mask, window_shifts};
 
 use crate::diag::Diagnostic;
 use crate::ir::{Op, ParamKind};
