@@ -6,7 +6,6 @@ use clap::Args;
 use std::time::Instant;
 use tlc_compiler::ir::NodeId;
 use tlc_runtime::kernels::cpu::Isa;
-use tlc_runtime::optimize::OptimizedModel;
 use tlc_runtime::Model;
 
 /// Arguments of `tlc bench`.
@@ -85,28 +84,6 @@ pub fn isa_setting(flag: Option<&str>) -> anyhow::Result<Isa> {
     }
 }
 
-/// Per op kind: the sum over its nodes of each node's fastest time, and the node count,
-/// slowest kind first.
-fn profile_table(opt: &OptimizedModel, best: &[f64]) -> Vec<(String, f64, usize)> {
-    let mut rows: Vec<(String, f64, usize)> = Vec::new();
-    for (id, node) in opt.graph.nodes() {
-        let t = best[id.index()];
-        if !t.is_finite() || node.inputs.is_empty() {
-            continue;
-        }
-        let kind = opt.op_kind(id);
-        match rows.iter_mut().find(|r| r.0 == kind) {
-            Some(r) => {
-                r.1 += t;
-                r.2 += 1;
-            }
-            None => rows.push((kind, t, 1)),
-        }
-    }
-    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    rows
-}
-
 fn run(g: tlc_compiler::ir::Graph, a: &BenchArgs) -> anyhow::Result<()> {
     if a.batch == 0 || a.iters == 0 {
         anyhow::bail!("--batch and --iters must be positive");
@@ -152,12 +129,8 @@ fn run(g: tlc_compiler::ir::Graph, a: &BenchArgs) -> anyhow::Result<()> {
         _ => f64::NAN,
     };
     if let Some(o) = opt.as_ref().filter(|_| profile) {
-        let rows = profile_table(o, &best);
-        let total: f64 = rows.iter().map(|r| r.1).sum();
-        eprintln!("per op kind ({:?} kernels; each node's fastest of {} passes, summed): {total:.2} ms", o.isa(), a.iters);
-        for (kind, t, n) in rows {
-            eprintln!("{t:9.2} ms {:5.1}% {n:5}x  {kind}", 100.0 * t / total);
-        }
+        eprintln!("per op kind, each node's fastest of {} passes:", a.iters);
+        eprint!("{}", o.profile_report(&best));
         let mut nodes: Vec<(f64, NodeId)> = o.graph.nodes().filter(|(id, _)| best[id.index()].is_finite()).map(|(id, _)| (best[id.index()], id)).collect();
         nodes.sort_by(|a, b| b.0.total_cmp(&a.0));
         eprintln!("slowest nodes:");

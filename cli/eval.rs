@@ -3,14 +3,11 @@
 
 use crate::compile::with_graph;
 use crate::run::device;
-use tlc_runtime::pretrained::pretrained_model;
-use anyhow::{bail, Result};
-use candle_core::Tensor;
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
-use tlc_compiler::ir::Labels;
-use tlc_runtime::train::data::{load_prepared, scan};
-use tlc_runtime::train::metrics::report;
+use tlc_runtime::pretrained::pretrained_model;
+use tlc_runtime::train::evaluate::evaluate_folder;
 
 /// Arguments of `tlc eval`.
 #[derive(Args)]
@@ -45,56 +42,27 @@ pub fn eval(a: EvalArgs) -> u8 {
 }
 
 fn run(graph: tlc_compiler::ir::Graph, a: &EvalArgs) -> Result<()> {
-    let dir = ["val", "validation"].iter().map(|v| a.data.join(v)).find(|p| p.is_dir()).unwrap_or_else(|| a.data.clone());
-    let labels = match &graph.meta.labels {
-        Labels::List(l) => Some(l.clone()),
-        _ => None,
-    };
-    let (classes, samples) = scan(&dir, labels.as_deref())?;
     let dev = device(&a.device)?;
     let model = pretrained_model(graph, &a.hub.hub(), a.weights.as_deref(), false, &dev)?;
-    let (ok, skipped) = load_prepared(&samples, &model.graph.meta.preprocess);
-    for s in &skipped {
+    let ev = evaluate_folder(&model, &a.data, a.batch)?;
+    for s in &ev.skipped {
         eprintln!("warning: skipping {}: {}", s.path.display(), s.reason);
     }
-    if ok.is_empty() {
-        bail!("no usable images in {}", dir.display());
-    }
-    let input = &model.graph.meta.input;
-    let fast = model.optimized().ok();
-    let mut scores: Vec<Vec<f32>> = Vec::new();
-    for chunk in ok.chunks(a.batch.max(1)) {
-        let mut data = Vec::new();
-        for (_, d) in chunk {
-            data.extend_from_slice(d);
-        }
-        let x = Tensor::from_vec(data, (chunk.len(), input[0], input[1], input[2]), &dev)?;
-        let logits = match fast.as_ref().map(|m| m.forward(&x)) {
-            Some(Ok(y)) => y,
-            _ => model.forward(&x)?,
-        };
-        let y = candle_nn_softmax(&logits.flatten_from(1)?)?;
-        scores.extend(y.to_vec2::<f32>()?);
-    }
-    if scores[0].len() < classes.len() {
-        bail!("the model has {} outputs but the data has {} classes", scores[0].len(), classes.len());
-    }
-    let labels: Vec<usize> = ok.iter().map(|(s, _)| s.label).collect();
-    let r = report(&scores, &labels, classes.len());
+    let (r, classes) = (&ev.report, &ev.classes);
     if a.json {
-        let mut v = serde_json::to_value(&r)?;
+        let mut v = serde_json::to_value(r)?;
         v["classes"] = serde_json::json!(classes);
-        v["samples"] = serde_json::json!(labels.len());
+        v["samples"] = serde_json::json!(ev.samples);
         println!("{}", serde_json::to_string(&v)?);
         return Ok(());
     }
-    println!("{} images, {} classes ({} skipped)", labels.len(), classes.len(), skipped.len());
+    println!("{} images, {} classes ({} skipped)", ev.samples, classes.len(), ev.skipped.len());
     println!("accuracy  {:.4}", r.accuracy);
     println!("{:<16} {:>9} {:>9} {:>9} {:>8}", "class", "precision", "recall", "f1", "support");
     for (c, name) in classes.iter().enumerate() {
         println!("{:<16} {:>9.4} {:>9.4} {:>9.4} {:>8}", name, r.per_class_precision[c], r.per_class_recall[c], r.per_class_f1[c], r.support[c]);
     }
-    println!("{:<16} {:>9.4} {:>9.4} {:>9.4} {:>8}", "macro", r.precision, r.recall, r.f1, labels.len());
+    println!("{:<16} {:>9.4} {:>9.4} {:>9.4} {:>8}", "macro", r.precision, r.recall, r.f1, ev.samples);
     if let Some(auc) = r.auc {
         println!("ROC AUC   {auc:.4}");
     }
@@ -103,10 +71,4 @@ fn run(graph: tlc_compiler::ir::Graph, a: &EvalArgs) -> Result<()> {
         println!("  {:<14} {}", classes[c], row.iter().map(|v| format!("{v:>6}")).collect::<String>());
     }
     Ok(())
-}
-
-fn candle_nn_softmax(x: &Tensor) -> Result<Tensor> {
-    let m = x.max_keepdim(1)?;
-    let e = x.broadcast_sub(&m)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(1)?)?)
 }

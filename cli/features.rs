@@ -3,14 +3,15 @@
 
 use crate::compile::with_graph;
 use crate::run::device;
-use tlc_runtime::pretrained::pretrained_model;
 use anyhow::{anyhow, bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use clap::Args;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use tlc_runtime::pretrained::pretrained_model;
 use tlc_runtime::train::checkpoint::save_with_metadata;
-use tlc_runtime::train::data::{load_prepared, Sample};
+use tlc_runtime::train::data::{list_files, load_prepared, Sample};
+use tlc_runtime::train::evaluate;
 
 /// Arguments of `tlc features`.
 #[derive(Args)]
@@ -42,19 +43,6 @@ pub struct FeaturesArgs {
     pub device: String,
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).map_err(|e| anyhow!("cannot read {}: {e}", dir.display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p.is_file() && !p.file_name().map(|n| n.to_string_lossy().starts_with('.')).unwrap_or(false) {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 /// `tlc features`.
 pub fn features(a: FeaturesArgs) -> u8 {
     with_graph(&a.spec, a.variant.as_deref(), |g| run(g, &a))
@@ -62,12 +50,7 @@ pub fn features(a: FeaturesArgs) -> u8 {
 
 fn run(graph: tlc_compiler::ir::Graph, a: &FeaturesArgs) -> Result<()> {
     let taps: Vec<_> = a.layers.iter().map(|f| graph.find(f).ok_or_else(|| anyhow!("--layers: no node or item named `{f}` (see `tlc summary {}`)", a.spec))).collect::<Result<_>>()?;
-    let mut files = Vec::new();
-    if a.images.is_dir() {
-        walk(&a.images, &mut files)?;
-    } else {
-        files.push(a.images.clone());
-    }
+    let files = list_files(&a.images)?;
     let dev = device(&a.device)?;
     let model = pretrained_model(graph, &a.hub.hub(), a.weights.as_deref(), false, &dev)?;
     let samples: Vec<Sample> = files.into_iter().map(|path| Sample { path, label: 0 }).collect();
@@ -78,23 +61,9 @@ fn run(graph: tlc_compiler::ir::Graph, a: &FeaturesArgs) -> Result<()> {
     if ok.is_empty() {
         bail!("no usable images in {}", a.images.display());
     }
-    let input = &model.graph.meta.input;
-    let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); taps.len()];
-    for chunk in ok.chunks(a.batch.max(1)) {
-        let mut data = Vec::new();
-        for (_, d) in chunk {
-            data.extend_from_slice(d);
-        }
-        let x = Tensor::from_vec(data, (chunk.len(), input[0], input[1], input[2]), &dev)?;
-        let (_, f) = model.forward_with(&x, &taps)?;
-        for (k, t) in f.into_iter().enumerate() {
-            parts[k].push(t.to_device(&Device::Cpu)?);
-        }
-    }
-    let mut list = Vec::new();
-    for (name, p) in a.layers.iter().zip(parts) {
-        list.push((name.clone(), Tensor::cat(&p, 0)?));
-    }
+    let data: Vec<&[f32]> = ok.iter().map(|(_, d)| d.as_slice()).collect();
+    let values = evaluate::features(&model, &data, &taps, a.batch)?;
+    let list: Vec<(String, Tensor)> = a.layers.iter().cloned().zip(values).collect();
     let names: Vec<String> = ok.iter().map(|(s, _)| s.path.display().to_string()).collect();
     let mut meta = HashMap::new();
     meta.insert("files".to_string(), serde_json::to_string(&names)?);

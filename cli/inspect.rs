@@ -1,8 +1,9 @@
 //! `tlc check`, `tlc summary`, `tlc dot` and `tlc params`.
 
-use crate::compile::load;
+use crate::compile::{load, load_with_sources};
 use clap::Args;
-use tlc_compiler::emit;
+use std::path::{Path, PathBuf};
+use tlc_compiler::{against, emit, render};
 
 /// Arguments of `tlc check`.
 #[derive(Args)]
@@ -12,6 +13,10 @@ pub struct CheckArgs {
     /// Variant to build (e.g. `lite2`, `s`).
     #[arg(long)]
     pub variant: Option<String>,
+    /// Compare the spec's parameter names and shapes with this checkpoint (safetensors,
+    /// PyTorch, Ultralytics or darknet) without running anything; exit 1 on any difference.
+    #[arg(long, value_name = "CKPT")]
+    pub against: Option<PathBuf>,
 }
 
 /// Arguments of `tlc summary`.
@@ -62,6 +67,9 @@ pub struct ParamsArgs {
 
 /// `tlc check`.
 pub fn check(a: CheckArgs) -> u8 {
+    if let Some(ckpt) = &a.against {
+        return check_against(&a.spec, a.variant.as_deref(), ckpt);
+    }
     match load(&a.spec, a.variant.as_deref()) {
         Ok(g) => {
             println!("{}", emit::check_line(&g));
@@ -126,4 +134,28 @@ pub fn params(a: ParamsArgs) -> u8 {
         }
         Err(f) => f.code(),
     }
+}
+
+/// `tlc check --against`: the spec's parameters against a checkpoint's names and shapes.
+fn check_against(spec: &str, variant: Option<&str>, ckpt: &Path) -> u8 {
+    let (graph, sources) = match load_with_sources(spec, variant) {
+        Ok(x) => x,
+        Err(f) => return f.code(),
+    };
+    let weights = match tlc_runtime::pretrained::load_for_graph(ckpt, &graph) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
+    };
+    let list: Vec<(String, Vec<usize>)> = weights.iter().map(|(n, t)| (n.to_string(), t.dims().to_vec())).collect();
+    let c = against::compare(&graph, &list);
+    if c.ok() {
+        println!("{}", c.summary(&graph.meta.name, &ckpt.display().to_string()));
+        return 0;
+    }
+    render::emit_stderr(&c.diagnostics, &sources, crate::compile::color());
+    eprintln!("error: {}", c.summary(spec, &ckpt.display().to_string()));
+    1
 }

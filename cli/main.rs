@@ -3,8 +3,11 @@
 
 mod bench;
 mod compile;
+mod draw;
 mod eval;
+mod export;
 mod features;
+mod import;
 mod inspect;
 mod run;
 mod train;
@@ -19,6 +22,9 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Colour diagnostics: `auto` (on a terminal, unless NO_COLOR is set), `always`, `never`.
+    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    color: String,
 }
 
 #[derive(Subcommand)]
@@ -31,6 +37,10 @@ enum Command {
     Dot(inspect::DotArgs),
     /// Print the parameter list (names and shapes).
     Params(inspect::ParamsArgs),
+    /// Draw the graph as SVG or PNG (no Graphviz needed).
+    Draw(draw::DrawArgs),
+    /// Write an interactive HTML viewer of the graph (one self-contained file).
+    View(draw::ViewArgs),
     /// Run a model on images or a .npy input.
     Run(run::RunArgs),
     /// Transfer learning: cut a pretrained spec at its head, attach a new head, train it.
@@ -43,6 +53,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Pretrained checkpoints: list, fetch, path, verify.
     Weights(weights::WeightsArgs),
+    /// Translate another framework's network description into a spec.
+    Import(import::ImportArgs),
+    /// Export to ONNX, to a PyTorch source file, or to a Triton model repository.
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,17 +71,22 @@ fn main() -> ExitCode {
         // Forward passes in a loop: reuse freed activations instead of remapping them.
         tlc_runtime::memory::retain_freed_memory();
     }
+    compile::set_color(&cli.color);
     let code = match cli.command {
         Command::Check(a) => inspect::check(a),
         Command::Summary(a) => inspect::summary(a),
         Command::Dot(a) => inspect::dot(a),
         Command::Params(a) => inspect::params(a),
+        Command::Draw(a) => draw::draw_cmd(a),
+        Command::View(a) => draw::view(a),
         Command::Run(a) => run::run(a),
         Command::Train(a) => train::train_cmd(a),
         Command::Eval(a) => eval::eval(a),
         Command::Features(a) => features::features(a),
         Command::Bench(a) => bench::bench(a),
         Command::Weights(a) => weights::weights(a),
+        Command::Import(a) => import::import_cmd(a),
+        Command::Export(a) => export::export(a),
     };
     ExitCode::from(code)
 }

@@ -6,6 +6,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use std::path::{Path, PathBuf};
+use tlc_compiler::ir::{NodeId, Task};
+use tlc_runtime::detect::{DetectOptions, Detection, Detector, NmsMode};
 use tlc_runtime::labels::{names, top_k};
 use tlc_runtime::preprocess::{load_image, preprocess};
 use tlc_runtime::pretrained::pretrained_model;
@@ -115,11 +117,25 @@ pub fn run(a: RunArgs) -> u8 {
     with_graph(&a.spec, a.variant.as_deref(), |g| run_graph(g, &a))
 }
 
+/// `TLC_PROFILE` set: time per op kind of each optimized forward pass on stderr.
+pub fn profile_from_env() -> bool {
+    std::env::var_os("TLC_PROFILE").is_some()
+}
+
+/// What a run produced: per input its name, output and detections; per `--features` tap its
+/// values batch by batch.
+#[derive(Default)]
+struct Results {
+    outputs: Vec<(String, Tensor)>,
+    detections: Vec<(String, Vec<Detection>)>,
+    features: Vec<Vec<Tensor>>,
+}
+
 fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
     if a.image.is_empty() && a.input.is_none() {
         bail!("give --image PATH... or --input X.npy");
     }
-    let taps: Vec<_> = a
+    let taps: Vec<NodeId> = a
         .features
         .iter()
         .map(|f| graph.find(f).ok_or_else(|| anyhow!("--features: no node or item named `{f}` (see `tlc summary {}`)", a.spec)))
@@ -128,131 +144,98 @@ fn run_graph(graph: tlc_compiler::ir::Graph, a: &RunArgs) -> Result<()> {
         bail!("--features needs --save-features FILE.safetensors");
     }
     // Refuse unreadable images before fetching weights or running anything.
-    let files = collect_images(&a.image)?;
-    files.iter().try_for_each(|f| tlc_runtime::preprocess::check_image(f))?;
+    for f in collect_images(&a.image)? {
+        tlc_runtime::preprocess::check_image(&f)?;
+    }
     let dev = device(&a.device)?;
-    let labels = names(&graph.meta.labels);
-    let model = pretrained_model(graph, &a.hub.hub(), a.weights.as_deref(), a.allow_missing, &dev)?;
-    let detect = model.graph.meta.task == tlc_compiler::ir::Task::Detect;
+    let mut model = pretrained_model(graph, &a.hub.hub(), a.weights.as_deref(), a.allow_missing, &dev)?;
+    model.profile = profile_from_env();
+    let detect = model.graph.meta.task == Task::Detect;
     if a.save.is_some() && !detect {
         bail!("--save draws detections: {} is not a detection spec (use --save-output for raw outputs)", a.spec);
     }
-    let heads: Vec<_> = model.graph.nodes().filter(|(_, n)| matches!(n.op, tlc_compiler::ir::Op::YoloHead { .. })).map(|(i, _)| i).collect();
-    let mut all_taps = taps.clone();
-    all_taps.extend(heads.iter().copied());
-    // Run the optimized view (folded BatchNorm, fused activations, fast kernels) unless a
-    // requested value no longer exists there (e.g. `--features` on a conv whose BatchNorm
-    // was folded): then the plain model runs.
-    let opt = model.optimized()?;
-    let opt = all_taps.iter().all(|t| opt.plan.map.get(t.index()).copied().flatten().is_some()).then_some(opt);
-    let forward_with = |x: &Tensor, taps: &[tlc_compiler::ir::NodeId]| match &opt {
-        Some(o) => o.forward_with(x, taps),
-        None => model.forward_with(x, taps),
+    let nms = match a.nms.as_str() {
+        "class" => Some(NmsMode::ClassWise),
+        "agnostic" => Some(NmsMode::Agnostic),
+        _ => None,
     };
-    let mut detections: Vec<(String, Vec<tlc_runtime::detect::Detection>)> = Vec::new();
-    let mut outputs: Vec<(String, Tensor)> = Vec::new();
-    let mut features: Vec<Vec<Tensor>> = vec![Vec::new(); taps.len()];
-    if let Some(npy) = &a.input {
-        let x = Tensor::read_npy(npy).map_err(|e| anyhow!("cannot read {}: {e}", npy.display()))?.to_dtype(candle_core::DType::F32)?.to_device(&dev)?;
-        let (y, f) = forward_with(&x, &taps)?;
-        for (k, t) in f.into_iter().enumerate() {
-            features[k].push(t);
-        }
-        outputs.push((npy.display().to_string(), y));
-        if detect && a.save_output.is_none() && a.save_features.is_none() {
-            bail!("with --input a detection spec's raw output can only be saved (--save-output Y.npy); decoding boxes needs --image (the box mapping depends on the original image)");
-        }
-    } else {
-        let pre = &model.graph.meta.preprocess;
-        let total = files.len();
-        let mut saver = a.save.as_deref().map(|p| Saver::new(p, total)).transpose()?;
-        let mut progress = Progress::new(total, a.batch, a.json);
-        for chunk in files.chunks(a.batch.max(1)) {
-            let mut xs = Vec::new();
-            let mut prepared = Vec::new();
-            for f in chunk {
-                let img = load_image(f)?;
-                let p = preprocess(&img, pre).with_context(|| format!("cannot preprocess image {}", f.display()))?;
-                xs.push(p.to_tensor(&dev)?);
-                let keep = saver.as_ref().map(|_| img.into_rgb8());
-                prepared.push((f.clone(), p.scale, p.pad, p.original, keep));
+    let detector = detect.then(|| Detector::new(&model.graph, DetectOptions { conf: a.conf, iou: a.iou, nms }));
+    let mut results = Results { features: vec![Vec::new(); taps.len()], ..Default::default() };
+    match &a.input {
+        Some(npy) => {
+            if detect && a.save_output.is_none() && a.save_features.is_none() {
+                bail!("with --input a detection spec's raw output can only be saved (--save-output Y.npy); decoding boxes needs --image (the box mapping depends on the original image)");
             }
-            let x = Tensor::cat(&xs, 0)?;
-            let (y, f) = forward_with(&x, &all_taps)?;
-            let (f, head_outs) = f.split_at(taps.len());
-            for (k, t) in f.iter().enumerate() {
-                features[k].push(t.clone());
+            let x = Tensor::read_npy(npy).map_err(|e| anyhow!("cannot read {}: {e}", npy.display()))?.to_dtype(candle_core::DType::F32)?.to_device(&dev)?;
+            let (y, f) = model.infer(&x, &taps)?;
+            for (k, t) in f.into_iter().enumerate() {
+                results.features[k].push(t);
             }
-            for (i, (file, scale, pad, original, keep)) in prepared.into_iter().enumerate() {
-                let name = file.display().to_string();
-                if detect {
-                    let dets = detect_one(&model, &heads, head_outs, &y, i, scale, pad, original, &labels, a)?;
-                    if let (Some(s), Some(mut img)) = (saver.as_mut(), keep) {
-                        tlc_runtime::draw::draw_detections(&mut img, &dets);
-                        s.save(&file, &img)?;
-                    }
-                    detections.push((name.clone(), dets));
-                }
-                outputs.push((name, y.narrow(0, i, 1)?));
-            }
-            progress.advance(chunk.len());
+            results.outputs.push((npy.display().to_string(), y));
         }
-        progress.finish();
+        None => run_images(&model, &taps, detector.as_ref(), a, &mut results)?,
     }
+    save_results(&results, a)?;
+    match (detect, &a.input) {
+        (true, Some(_)) => Ok(()), // raw outputs saved above
+        (true, None) => print_detections(&results.detections, a),
+        (false, _) => print_results(&results.outputs, &names(&model.graph.meta.labels), a),
+    }
+}
+
+/// Runs the `--image` files in batches: outputs, features, detections and `--save` images.
+fn run_images(model: &Model, taps: &[NodeId], detector: Option<&Detector>, a: &RunArgs, results: &mut Results) -> Result<()> {
+    let files = collect_images(&a.image)?;
+    let mut all_taps = taps.to_vec();
+    all_taps.extend(detector.map(|d| d.taps()).unwrap_or_default());
+    let mut saver = a.save.as_deref().map(|p| Saver::new(p, files.len())).transpose()?;
+    let mut progress = Progress::new(files.len(), a.batch, a.json);
+    for chunk in files.chunks(a.batch.max(1)) {
+        let mut xs = Vec::new();
+        let mut images = Vec::new();
+        for f in chunk {
+            let img = load_image(f)?;
+            let p = preprocess(&img, &model.graph.meta.preprocess).with_context(|| format!("cannot preprocess image {}", f.display()))?;
+            xs.push(p.to_tensor(&model.device)?);
+            images.push((f, p, saver.as_ref().map(|_| img.into_rgb8())));
+        }
+        let (y, f) = model.infer(&Tensor::cat(&xs, 0)?, &all_taps)?;
+        let (f, head_values) = f.split_at(taps.len());
+        for (k, t) in f.iter().enumerate() {
+            results.features[k].push(t.clone());
+        }
+        for (i, (file, prepared, keep)) in images.into_iter().enumerate() {
+            let name = file.display().to_string();
+            if let Some(d) = detector {
+                let dets = d.detect(&y, head_values, i, &prepared)?;
+                if let (Some(s), Some(mut img)) = (saver.as_mut(), keep) {
+                    tlc_runtime::draw::draw_detections(&mut img, &dets);
+                    s.save(file, &img)?;
+                }
+                results.detections.push((name.clone(), dets));
+            }
+            results.outputs.push((name, y.narrow(0, i, 1)?));
+        }
+        progress.advance(chunk.len());
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// Writes `--save-output` and `--save-features`.
+fn save_results(results: &Results, a: &RunArgs) -> Result<()> {
     if let Some(path) = &a.save_output {
-        let all = Tensor::cat(&outputs.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(), 0)?;
+        let all = Tensor::cat(&results.outputs.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(), 0)?;
         all.write_npy(path).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
     }
     if let Some(path) = &a.save_features {
         let mut list = Vec::new();
-        for (name, parts) in a.features.iter().zip(&features) {
+        for (name, parts) in a.features.iter().zip(&results.features) {
             list.push((name.clone(), Tensor::cat(parts, 0)?.to_device(&Device::Cpu)?));
         }
         save_safetensors(&list, path)?;
     }
-    match (detect, &a.input) {
-        (true, Some(_)) => Ok(()), // raw outputs saved above
-        (true, None) => print_detections(&detections, a),
-        (false, _) => print_results(&outputs, &labels, a),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn detect_one(
-    model: &Model,
-    heads: &[tlc_compiler::ir::NodeId],
-    head_outs: &[Tensor],
-    y: &Tensor,
-    i: usize,
-    scale: (f32, f32),
-    pad: (f32, f32),
-    original: (usize, usize),
-    labels: &[String],
-    a: &RunArgs,
-) -> Result<Vec<tlc_runtime::detect::Detection>> {
-    use tlc_runtime::detect::{decode_darknet, decode_v8, finish, NmsMode, Post};
-    let input = &model.graph.meta.input;
-    let net = (input[1], input[2]);
-    let mut cands = Vec::new();
-    if heads.is_empty() {
-        cands = decode_v8(&y.get(i)?, net, a.conf.unwrap_or(0.25))?;
-    } else {
-        for (id, t) in heads.iter().zip(head_outs) {
-            if let tlc_compiler::ir::Op::YoloHead { classes, anchors, mask } = &model.graph.node(*id).op {
-                cands.extend(decode_darknet(&t.get(i)?, anchors, mask, *classes, net, a.conf.unwrap_or(0.3))?);
-            }
-        }
-    }
-    let darknet = !heads.is_empty();
-    let mode = match a.nms.as_str() {
-        "class" => NmsMode::ClassWise,
-        "agnostic" => NmsMode::Agnostic,
-        _ => NmsMode::reference(darknet),
-    };
-    // OpenCV reports darknet boxes unclipped (they may cross the border); Ultralytics clips.
-    let clip = (!darknet).then_some(original);
-    let max_det = (!darknet).then_some(300);
-    Ok(finish(&cands, &Post { net_hw: net, scale, pad, iou: a.iou, mode, clip, max_det }, labels))
+    Ok(())
 }
 
 /// Where `--save` writes annotated images: one file, or a folder of them named after the inputs.
@@ -341,7 +324,7 @@ fn emit(text: &str) -> Result<()> {
     }
 }
 
-fn print_detections(all: &[(String, Vec<tlc_runtime::detect::Detection>)], a: &RunArgs) -> Result<()> {
+fn print_detections(all: &[(String, Vec<Detection>)], a: &RunArgs) -> Result<()> {
     use std::fmt::Write;
     if a.json {
         let v: Vec<serde_json::Value> = all.iter().map(|(f, d)| serde_json::json!({"file": f, "detections": d})).collect();

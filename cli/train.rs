@@ -1,20 +1,18 @@
-//! `tlc train`: transfer learning from the command line (the loop is in
-//! `tlc_runtime::train::fit`).
+//! `tlc train`: transfer learning from the command line. The arguments become a
+//! [`Request`]; preparing it and the loop are in `tlc_runtime::train`.
 
-use crate::compile::{with_graph, DiskLoader};
+use crate::compile::with_graph;
 use crate::run::device;
-use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Parser};
+use anyhow::{bail, Result};
+use clap::Args;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tlc_compiler::ir::Graph;
-use tlc_compiler::span::SourceLoader;
-use tlc_compiler::surgery::{default_head, head_cut, normalise_head, transfer_spec, TransferSpec};
-use tlc_compiler::{compile, render, Options};
-use tlc_runtime::train::data::load_split;
-use tlc_runtime::train::fit::{train, Config, FineTune, Freeze, Schedule, Setup, Unfreeze};
+use tlc_runtime::train::callbacks::ReduceLROnPlateau;
+use tlc_runtime::train::config::{Config, FineTune, Freeze, Request, Schedule, Unfreeze};
+use tlc_runtime::train::fit::train;
 use tlc_runtime::train::optim::Kind;
-use tlc_runtime::pretrained::{load_for_graph, weights_path};
+use tlc_runtime::train::prepare::prepare;
 
 /// Arguments of `tlc train`.
 #[derive(Args, Clone)]
@@ -82,10 +80,11 @@ pub struct TrainArgs {
     /// Learning-rate schedule of each phase: constant, step:EPOCHS:GAMMA or cosine.
     #[arg(long, default_value = "constant")]
     pub schedule: String,
-    /// Multiply the learning rate by 0.1 when val_loss has not improved for more than 2 epochs
-    /// (PyTorch ReduceLROnPlateau: patience 2, relative threshold 1e-4).
-    #[arg(long)]
-    pub reduce_lr_on_plateau: bool,
+    /// Multiply the learning rate by FACTOR (default 0.1) when val_loss has not improved
+    /// (by a relative 1e-4) for more than PATIENCE epochs (default 10): PyTorch's
+    /// ReduceLROnPlateau and its defaults. `--reduce-lr-on-plateau` alone, or `=PATIENCE[:FACTOR]`.
+    #[arg(long, value_name = "PATIENCE[:FACTOR]", num_args = 0..=1, require_equals = true, default_missing_value = "10")]
+    pub reduce_lr_on_plateau: Option<String>,
     /// Fraction of each class held out for validation when DIR has no val/ folder.
     #[arg(long)]
     pub val_split: Option<f64>,
@@ -99,7 +98,7 @@ pub struct TrainArgs {
     /// Turn off augmentation when (part of) the base is trained (always off with a frozen base).
     #[arg(long)]
     pub no_augment: bool,
-    /// Continue the interrupted run in RUN with its original arguments (RUN/args.json).
+    /// Continue the interrupted run in RUN with its original settings (RUN/config.json).
     #[arg(long, value_name = "RUN")]
     pub resume: Option<PathBuf>,
     /// Stop after this many epochs of this invocation, as if interrupted (for tests).
@@ -110,152 +109,71 @@ pub struct TrainArgs {
     pub device: String,
 }
 
-/// The arguments of a run as saved in `RUN/args.json`, parsed again on `--resume`.
-#[derive(Parser)]
-struct SavedArgs {
-    #[command(flatten)]
-    a: TrainArgs,
-}
-
-/// The original arguments of the run in `run` (relative paths resolved against the original
-/// working folder), with this invocation's `--stop-after`.
-fn saved_args(run: &Path, now: &TrainArgs) -> Result<TrainArgs> {
-    let path = run.join("args.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("cannot resume {}: no readable {}", run.display(), path.display()))?)?;
-    let cwd = PathBuf::from(v["cwd"].as_str().unwrap_or("."));
-    let args: Vec<String> = v["args"].as_array().ok_or_else(|| anyhow!("{}: no `args`", path.display()))?.iter().filter_map(|x| x.as_str().map(String::from)).collect();
-    let mut a = SavedArgs::try_parse_from(std::iter::once("tlc-train".to_string()).chain(args)).map_err(|e| anyhow!("{}: {e}", path.display()))?.a;
-    let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
-    a.spec = a.spec.map(|s| abs(Path::new(&s)).display().to_string());
-    a.weights = a.weights.as_deref().map(abs);
-    a.data = a.data.as_deref().map(abs);
-    a.out = Some(run.to_path_buf());
-    a.resume = Some(run.to_path_buf());
-    a.stop_after = now.stop_after;
-    Ok(a)
-}
-
-/// Serves one generated file from memory and everything else from disk.
-pub struct OverlayLoader {
-    /// Path of the generated file.
-    pub path: String,
-    /// Its text.
-    pub text: String,
-}
-
-impl SourceLoader for OverlayLoader {
-    fn load(&self, path: &str) -> Result<String, String> {
-        if path == self.path {
-            Ok(self.text.clone())
-        } else {
-            DiskLoader.load(path)
-        }
-    }
-}
-
-/// Compiles spec text as if it were the file `path`, printing diagnostics.
-pub fn compile_text(path: &str, text: &str) -> Result<Graph> {
-    let c = compile(path, &OverlayLoader { path: path.to_string(), text: text.to_string() }, &Options::default());
-    if !c.diagnostics.is_empty() {
-        render::emit_stderr(&c.diagnostics, &c.sources);
-    }
-    c.graph.ok_or_else(|| anyhow!("the generated transfer spec does not compile (see above)"))
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()))
-}
-
 /// `tlc train`.
 pub fn train_cmd(a: TrainArgs) -> u8 {
-    let a = match &a.resume {
-        Some(run) => match saved_args(run, &a) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return 2;
-            }
-        },
-        None => a,
+    let request = match request(&a) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
     };
-    let spec = a.spec.clone().unwrap_or_default();
-    with_graph(&spec, a.variant.as_deref(), |g| run(g, &a))
+    let spec = request.spec.display().to_string();
+    let variant = request.variant.clone();
+    with_graph(&spec, variant.as_deref(), |g| run(g, request, &a))
 }
 
-fn run(graph: Graph, a: &TrainArgs) -> Result<()> {
-    let (spec_arg, data, out) = match (&a.spec, &a.data, &a.out) {
-        (Some(s), Some(d), Some(o)) => (s.as_str(), d.as_path(), o.as_path()),
-        _ => bail!("give SPEC, --data and --out (or --resume RUN)"),
+/// The request: the saved one with `--resume` (and this invocation's `--stop-after`), else
+/// the arguments.
+fn request(a: &TrainArgs) -> Result<Request> {
+    if let Some(run) = &a.resume {
+        let mut r = Request::load(run)?;
+        r.config.stop_after = a.stop_after;
+        return Ok(r);
+    }
+    let (Some(spec), Some(data), Some(out)) = (&a.spec, &a.data, &a.out) else {
+        bail!("give SPEC, --data and --out (or --resume RUN)");
     };
-    let freeze = Freeze::parse(&a.freeze)?;
     let fine_tune = match (a.fine_tune, &a.unfreeze) {
         (Some(epochs), Some(u)) => Some(FineTune { epochs, unfreeze: Unfreeze::parse(u)?, lr: a.fine_tune_lr }),
         (Some(_), None) => bail!("--fine-tune needs --unfreeze last:K or from:NODE"),
         (None, Some(_)) => bail!("--unfreeze needs --fine-tune EPOCHS"),
         (None, None) => None,
     };
-    let schedule = Schedule::parse(&a.schedule)?;
-    let (_, feature) = head_cut(&graph).map_err(|e| anyhow!(e))?;
-    let rank = graph.node(feature).shape.as_ref().map(|s| s.len()).unwrap_or(1);
-    let split = load_split(data, a.val_split, a.seed)?;
-    if split.classes.len() < 2 {
-        bail!("{} has {} class folder(s); at least 2 are needed", data.display(), split.classes.len());
-    }
-    eprintln!("data: {} classes {:?}, {} training and {} validation files", split.classes.len(), split.classes, split.train.len(), split.val.len());
-    let chain = normalise_head(a.head.as_deref().unwrap_or(&default_head(rank)), split.classes.len(), rank);
-    let spec_path = absolute(Path::new(spec_arg));
-    let spec_dir = spec_path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let text = std::fs::read_to_string(&spec_path).with_context(|| format!("cannot read {}", spec_path.display()))?;
-    let import_path = |p: &str| -> String { if p.starts_with('/') { p.to_string() } else { spec_dir.join(p).display().to_string() } };
-    let (yaml, scope) = transfer_spec(&text, &TransferSpec { labels: &split.classes, head_chain: &chain, variant: graph.meta.variant.as_deref(), import_path: &import_path }).map_err(|e| anyhow!("cannot cut {}: {e}", spec_arg))?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    if a.resume.is_none() {
-        // The arguments, for --resume.
-        let cwd = std::env::current_dir().unwrap_or_default();
-        let args: Vec<String> = std::env::args().skip(2).collect();
-        let v = serde_json::json!({"cwd": cwd.display().to_string(), "args": args});
-        tlc_runtime::weights::write_atomic(&out.join("args.json"), serde_json::to_string_pretty(&v)?.as_bytes())?;
-    }
-    let model_path = absolute(out).join("model.yaml");
-    let new_graph = compile_text(&model_path.display().to_string(), &yaml)?;
-    let out_shape = new_graph.node(new_graph.output).shape.clone().unwrap_or_default();
-    if out_shape != [split.classes.len()] {
-        bail!("the new head outputs {:?} per image; it must output [{}] (end it with linear(classes), after pooling/flatten)", out_shape, split.classes.len());
-    }
-    eprintln!("head `{scope}`: {chain}  (feature: `{}` {:?})", graph.node(feature).name, graph.node(feature).shape.clone().unwrap_or_default());
-    let Some(wpath) = weights_path(&graph, &a.hub.hub(), a.weights.as_deref())? else {
-        bail!("give --weights PRETRAINED (the spec names no checkpoint)");
-    };
-    let weights = load_for_graph(&wpath, &graph)?;
     let optimizer = Kind::parse(&a.optimizer, a.momentum, a.nesterov)?;
-    let cfg = Config {
+    let config = Config {
         epochs: a.epochs,
         batch: a.batch,
         lr: a.lr,
         optimizer,
-        weight_decay: a.weight_decay.unwrap_or(if optimizer == Kind::AdamW { 0.01 } else { 0.0 }),
+        weight_decay: a.weight_decay.unwrap_or(optimizer.default_weight_decay()),
         seed: a.seed,
         early_stopping: a.early_stopping,
-        freeze,
+        freeze: Freeze::parse(&a.freeze)?,
         augment: !a.no_augment,
         fine_tune,
         train_bn: a.train_bn,
-        schedule,
-        reduce_on_plateau: a.reduce_lr_on_plateau,
+        schedule: Schedule::parse(&a.schedule)?,
+        reduce_lr_on_plateau: a.reduce_lr_on_plateau.as_deref().map(ReduceLROnPlateau::parse).transpose()?,
         stop_after: a.stop_after,
     };
-    let setup = Setup {
-        graph: new_graph,
-        head_scope: scope,
-        weights,
-        split,
-        out: out.to_path_buf(),
-        model_yaml: yaml,
-        command_line: std::env::args().collect::<Vec<_>>().join(" "),
-        resume: a.resume.is_some(),
-    };
-    let dev = device(&a.device)?;
-    // A progress bar per epoch on a terminal; the per-epoch lines either way.
+    Ok(Request {
+        spec: PathBuf::from(spec),
+        variant: a.variant.clone(),
+        weights: a.weights.clone(),
+        data: data.clone(),
+        out: out.clone(),
+        head: a.head.clone(),
+        val_split: a.val_split,
+        device: a.device.clone(),
+        config,
+    })
+}
+
+fn run(graph: Graph, request: Request, a: &TrainArgs) -> Result<()> {
+    let dev = device(&request.device)?;
+    let out = request.out.clone();
+    // A progress bar per epoch on a terminal; the progress lines either way.
     let tty = std::io::stderr().is_terminal();
     let bar_shown = std::cell::Cell::new(false);
     let mut log = |line: &str| {
@@ -272,7 +190,10 @@ fn run(graph: Graph, a: &TrainArgs) -> Result<()> {
             bar_shown.set(true);
         }
     };
-    let s = train(setup, &cfg, &dev, &mut log, &mut progress)?;
+    let mut setup = prepare(request, &graph, &a.hub.hub(), &mut log)?;
+    setup.command_line = std::env::args().collect::<Vec<_>>().join(" ");
+    setup.resume = a.resume.is_some();
+    let s = train(setup, &dev, &mut log, &mut progress)?;
     if !s.complete {
         println!("stopped after epoch {}; continue with: tlc train --resume {}", s.epochs.last().map(|e| e.epoch).unwrap_or(0), out.display());
         return Ok(());

@@ -116,14 +116,17 @@ fn errors_in_blocks_carry_a_trace() {
 }
 
 #[test]
-fn diagnostics_in_a_pipe_have_no_colour_codes() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tlc"))
-        .current_dir(common::root())
-        .args(["check", "tests/invalid/weights_bad_hash.yaml"])
-        .env("TERM", "xterm-256color")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(err.contains("error[E0029]") && !err.contains('\x1b'), "{err:?}");
+fn colour_only_on_a_terminal_or_when_asked() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tlc")).current_dir(common::root()).args(args).env("TERM", "xterm-256color").envs(env.iter().copied()).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains("E0029"), "{err}");
+        err.contains('\x1b')
+    };
+    let spec = "tests/invalid/weights_bad_hash.yaml";
+    assert!(!run(&["check", spec], &[]), "a pipe gets no escape codes");
+    assert!(run(&["check", spec, "--color", "always"], &[]));
+    assert!(!run(&["check", spec, "--color", "never"], &[]));
+    assert!(!run(&["check", spec, "--color", "auto"], &[("NO_COLOR", "1")]));
 }

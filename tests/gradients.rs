@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use tlc_compiler::ir::{Graph, NodeId, Op, ParamKind};
 use tlc_runtime::kernels as k;
 use tlc_runtime::train::forward::{run_nodes, Mode};
-use tlc_runtime::train::rng::Rng;
+use tlc_runtime::rng::Rng;
 
 type R<T> = candle_core::Result<T>;
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 const YOLO_FILE: &str = "yolo-fastest-1.1.weights";
 const YOLO_SHA256: &str = "1c445c42bbd6df63edea2cc69f99667b5650d663ca11e34b116240740cd42890";
 
-fn assets() -> PathBuf {
-    shared().expect("../shared is required").join("assets")
+fn assets() -> Option<PathBuf> {
+    shared_path("assets")
 }
 
 /// A fresh temporary folder for one test.
@@ -68,9 +68,10 @@ fn assert_clean_failure(o: &Output, home: &Path, needle: &str) {
 
 #[test]
 fn first_run_downloads_verifies_detects_then_reuses_the_cache() {
+    let Some(assets) = assets() else { return };
     let home = temp("first");
-    let server = Server::start(assets().join("weights"), Behaviour::default());
-    let dog = assets().join("photos/dog.jpg");
+    let server = Server::start(assets.join("weights"), Behaviour::default());
+    let dog = assets.join("photos/dog.jpg");
     let out = tlc(&home, Some(&server.url), &[], &["run", "specs/yolo.yaml", "--image", dog.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -100,13 +101,14 @@ fn first_run_downloads_verifies_detects_then_reuses_the_cache() {
 
 #[test]
 fn a_cut_connection_is_resumed_with_a_range_request() {
+    let Some(assets) = assets() else { return };
     let home = temp("cut");
-    let server = Server::start(assets().join("weights"), Behaviour { cut_first: true, ..Default::default() });
+    let server = Server::start(assets.join("weights"), Behaviour { cut_first: true, ..Default::default() });
     let out = tlc(&home, Some(&server.url), &[], &["weights", "fetch", "specs/yolo.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let reqs = server.requests();
     assert_eq!(reqs.len(), 2, "{reqs:?}");
-    let half = std::fs::metadata(assets().join("weights").join(YOLO_FILE)).unwrap().len() / 2;
+    let half = std::fs::metadata(assets.join("weights").join(YOLO_FILE)).unwrap().len() / 2;
     assert_eq!(reqs[1].range.as_deref(), Some(format!("bytes={half}-").as_str()), "{reqs:?}");
     assert!(stderr(&out).contains("resuming at byte"));
     assert_eq!(sha256(&home.join("tlc/weights").join(YOLO_FILE)), YOLO_SHA256);
@@ -115,9 +117,10 @@ fn a_cut_connection_is_resumed_with_a_range_request() {
 
 #[test]
 fn a_hash_mismatch_is_refused_and_leaves_nothing() {
+    let Some(assets) = assets() else { return };
     let home = temp("hash");
     let mirror = temp("hash-mirror");
-    let mut bytes = std::fs::read(assets().join("weights").join(YOLO_FILE)).unwrap();
+    let mut bytes = std::fs::read(assets.join("weights").join(YOLO_FILE)).unwrap();
     let n = bytes.len();
     bytes[n - 1] ^= 0xff; // one flipped byte: still a well-formed darknet file
     std::fs::write(mirror.join(YOLO_FILE), bytes).unwrap();
@@ -136,8 +139,9 @@ fn a_missing_file_is_a_clear_404() {
 
 #[test]
 fn a_silent_server_times_out() {
+    let Some(assets) = assets() else { return };
     let home = temp("timeout");
-    let server = Server::start(assets().join("weights"), Behaviour { stall: true, ..Default::default() });
+    let server = Server::start(assets.join("weights"), Behaviour { stall: true, ..Default::default() });
     let start = std::time::Instant::now();
     let out = tlc(&home, Some(&server.url), &[("TLC_TIMEOUT", "1")], &["weights", "fetch", "specs/yolo.yaml"]);
     assert_clean_failure(&out, &home, "within 1 s");
@@ -146,8 +150,9 @@ fn a_silent_server_times_out() {
 
 #[test]
 fn offline_mode_never_connects_and_says_what_to_fetch() {
+    let Some(assets) = assets() else { return };
     let home = temp("offline");
-    let server = Server::start(assets().join("weights"), Behaviour::default());
+    let server = Server::start(assets.join("weights"), Behaviour::default());
     for (extra, args) in [(vec![("TLC_OFFLINE", "1")], vec!["weights", "fetch", "specs/yolo.yaml"]), (vec![], vec!["weights", "fetch", "--offline", "specs/yolo.yaml"])] {
         let out = tlc(&home, Some(&server.url), &extra, &args);
         assert_clean_failure(&out, &home, "offline");
@@ -162,8 +167,9 @@ fn offline_mode_never_connects_and_says_what_to_fetch() {
 
 #[test]
 fn two_processes_fetching_one_file_do_not_collide() {
+    let Some(assets) = assets() else { return };
     let home = temp("concurrent");
-    let server = Server::start(assets().join("weights"), Behaviour { trickle: Some(Duration::from_millis(40)), ..Default::default() });
+    let server = Server::start(assets.join("weights"), Behaviour { trickle: Some(Duration::from_millis(40)), ..Default::default() });
     let spawn = || {
         let (home, url) = (home.clone(), server.url.clone());
         std::thread::spawn(move || tlc(&home, Some(&url), &[], &["weights", "fetch", "specs/yolo.yaml"]))
@@ -179,13 +185,14 @@ fn two_processes_fetching_one_file_do_not_collide() {
 
 #[test]
 fn checkpoints_in_torch_hub_and_hugging_face_caches_are_used() {
+    let Some(assets) = assets() else { return };
     let home = temp("foreign");
     // torch hub: $TORCH_HOME/hub/checkpoints/<file>, loaded and run offline.
     let torch = home.join("torch");
     std::fs::create_dir_all(torch.join("hub/checkpoints")).unwrap();
     let lite0 = torch.join("hub/checkpoints/efficientnet-lite0-57934424.pth");
-    std::fs::copy(assets().join("weights/efficientnet-lite0-57934424.pth"), &lite0).unwrap();
-    let chelsea = assets().join("photos/chelsea.png");
+    std::fs::copy(assets.join("weights/efficientnet-lite0-57934424.pth"), &lite0).unwrap();
+    let chelsea = assets.join("photos/chelsea.png");
     let out = tlc(&home, None, &[("TORCH_HOME", torch.to_str().unwrap()), ("TLC_OFFLINE", "1")], &["run", "specs/efficientnet_lite.yaml", "--image", chelsea.to_str().unwrap(), "--top", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("tiger cat"));
@@ -239,4 +246,28 @@ fn a_specs_renames_and_drops_apply_on_load() {
     let w = tlc_runtime::pretrained::load_for_graph(&file, &graph).unwrap();
     assert_eq!(w.names().collect::<Vec<_>>(), ["block.norm1.bias", "block.norm1.running_mean", "block.norm1.running_var", "block.norm1.weight"]);
     tlc_runtime::Model::from_weights(graph, &w, false, &Device::Cpu).unwrap();
+}
+
+#[test]
+fn a_partial_file_left_by_a_killed_process_is_resumed() {
+    let Some(assets) = assets() else { return };
+    let home = temp("leftover");
+    let server = Server::start(assets.join("weights"), Behaviour::default());
+    let bytes = std::fs::read(assets.join("weights").join(YOLO_FILE)).unwrap();
+    let cache = home.join("tlc/weights");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join(format!("{YOLO_FILE}.part")), &bytes[..1000]).unwrap();
+    let out = tlc(&home, Some(&server.url), &[], &["weights", "fetch", "specs/yolo.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(server.requests()[0].range.as_deref(), Some("bytes=1000-"));
+    assert_eq!(sha256(&cache.join(YOLO_FILE)), YOLO_SHA256);
+    // A leftover from some other file fails the check once, then the file is fetched whole.
+    let home = temp("leftover-bad");
+    let cache = home.join("tlc/weights");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join(format!("{YOLO_FILE}.part")), vec![7u8; 1000]).unwrap();
+    let out = tlc(&home, Some(&server.url), &[], &["weights", "fetch", "specs/yolo.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sha256(&cache.join(YOLO_FILE)), YOLO_SHA256);
+    assert_eq!(cache_files(&home), vec![YOLO_FILE.to_string()]);
 }

@@ -60,15 +60,16 @@ fn error_ratio(out: &Tensor, expected: &Tensor) -> (f64, f64) {
     (max, std)
 }
 
-/// Runs one fixture through the plain model and through the optimized inference view
+/// Runs one fixture of `../shared/parity` (see [`parity_in`]).
+fn parity(fixture: &str, spec: &str, variant: Option<&str>, expected_file: &str) {
+    let Some(shared) = shared() else { return };
+    parity_in(&shared.join("parity").join(fixture), fixture, spec, variant, expected_file);
+}
+
+/// Runs the fixture in `dir` through the plain model and through the optimized inference view
 /// (BatchNorm folded, activations fused, fast kernels at every level this CPU has); all must
 /// meet the tolerance.
-fn parity(fixture: &str, spec: &str, variant: Option<&str>, expected_file: &str) {
-    let Some(shared) = shared() else {
-        eprintln!("skipped: ../shared is not beside the repository");
-        return;
-    };
-    let dir = shared.join("parity").join(fixture);
+fn parity_in(dir: &Path, fixture: &str, spec: &str, variant: Option<&str>, expected_file: &str) {
     let graph = compile_spec(spec, variant);
     let model = Model::with_fixture_weights(graph, &Device::Cpu).unwrap();
     let input = Tensor::read_npy(dir.join("input.npy")).unwrap();
@@ -125,3 +126,10 @@ parity_test!(convnext_base, "convnext_base", "specs/convnext_base.yaml", None);
 parity_test!(vit_b_16, "vit_b_16", "specs/vit_b_16.yaml", None);
 parity_test!(swin_t, "swin_t", "specs/swin_t.yaml", None);
 parity_test!(yolov8n, "yolov8n", "specs/yolov8.yaml", Some("n"));
+
+/// ShuffleNetV2's fixture is in the repository (`tests/fixtures`: input, output and manifest,
+/// no weights), so this test needs no `../shared`.
+#[test]
+fn shufflenet_v2_x1_0() {
+    parity_in(&root().join("tests/fixtures/shufflenet_v2_x1_0"), "shufflenet_v2_x1_0", "examples/shufflenet_v2.yaml", None, "output.npy");
+}

@@ -2,11 +2,12 @@
 //! EfficientNet-Lite0 weights (frozen base, cached features, new Linear(1280, 2)), `tlc eval`
 //! and `tlc run` on the produced model.yaml; a tiny generated dataset with a corrupt file
 //! (skipped with a warning), full training (`--freeze none`, augmentation) and checkpoints that
-//! survive an interrupted run. Tests needing `../shared` skip with a note when it is absent.
+//! survive an interrupted run. Tests needing `../shared` fail without it unless
+//! `TLC_SKIP_SHARED=1`.
 
 mod common;
 
-use common::{root, shared, Disk};
+use common::{root, shared_path, Disk};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use tlc_runtime::weights::{save_safetensors, Weights};
@@ -37,12 +38,7 @@ fn no_tmp_files(dir: &Path) {
 
 #[test]
 fn efficientnet_lite0_frozen_on_hymenoptera() {
-    let Some(s) = shared() else { return eprintln!("skipped: no ../shared") };
-    let data = s.join("assets/datasets/hymenoptera_data");
-    let weights = s.join("assets/weights/efficientnet-lite0.safetensors");
-    if !data.is_dir() || !weights.is_file() {
-        return eprintln!("skipped: no hymenoptera data or Lite0 weights");
-    }
+    let (Some(data), Some(weights)) = (shared_path("assets/datasets/hymenoptera_data"), shared_path("assets/weights/efficientnet-lite0.safetensors")) else { return };
     let out = tmp("lite0");
     let run = out.join("run");
     let t = std::time::Instant::now();
@@ -239,7 +235,7 @@ fn an_interrupted_run_leaves_loadable_checkpoints_and_resumes_exactly() {
     let dir = tmp("interrupt");
     let (spec, weights, data) = tiny_setup(&dir);
     let run = dir.join("run");
-    let rest = ["--freeze", "none", "--epochs", "40", "--batch", "4", "--reduce-lr-on-plateau"];
+    let rest = ["--freeze", "none", "--epochs", "40", "--batch", "4", "--reduce-lr-on-plateau=2"];
     let mut child = Command::new(env!("CARGO_BIN_EXE_tlc")).current_dir(root()).args(args(&spec, &weights, &data, &run, &rest)).stderr(std::process::Stdio::null()).stdout(std::process::Stdio::null()).spawn().unwrap();
     let t = std::time::Instant::now();
     let epochs_done = || std::fs::read_to_string(run.join("metrics.csv")).map(|s| s.lines().count().saturating_sub(1)).unwrap_or(0);
@@ -278,7 +274,7 @@ fn resume_across_phases_reproduces_the_uninterrupted_run() {
     let (spec, weights, data) = tiny_setup(&dir);
     // Frozen head (cached features), then fine-tuning the last 2 parameterised nodes with
     // augmentation, a cosine schedule and reduce-on-plateau; dropout in the head.
-    let rest = ["--epochs", "3", "--batch", "8", "--lr", "0.05", "--fine-tune", "3", "--unfreeze", "last:2", "--fine-tune-lr", "0.01", "--schedule", "cosine", "--reduce-lr-on-plateau", "--seed", "3"];
+    let rest = ["--epochs", "3", "--batch", "8", "--lr", "0.05", "--fine-tune", "3", "--unfreeze", "last:2", "--fine-tune-lr", "0.01", "--schedule", "cosine", "--reduce-lr-on-plateau=2", "--seed", "3"];
     let full = dir.join("full");
     ok(&tlc(&args(&spec, &weights, &data, &full, &rest)));
     let run = dir.join("run");
@@ -300,6 +296,10 @@ fn resume_across_phases_reproduces_the_uninterrupted_run() {
     assert_eq!(a["best_val_accuracy"], b["best_val_accuracy"]);
     assert_eq!(a["best_epoch"], b["best_epoch"]);
     assert_eq!(a["confusion"], b["confusion"]);
+    // The saved configuration is what the resumed invocations used.
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["config"]["reduce_lr_on_plateau"]["patience"], 2);
+    assert_eq!(config["config"]["fine_tune"]["unfreeze"]["last"], 2);
     // A finished run is not resumed.
     let o = tlc(&["train", "--resume", run.to_str().unwrap()]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("complete"));
@@ -367,5 +367,45 @@ fn early_stopping_restores_the_best_weights() {
     assert!(run_epochs < 60 && best < run_epochs, "{s}");
     // The final weights are the restored best ones.
     same_tensors(&run.join("last.safetensors"), &run.join("best.safetensors"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn reduce_on_plateau_lowers_the_learning_rate() {
+    let dir = tmp("plateau");
+    let (spec, weights, data) = tiny_setup(&dir);
+    let run = dir.join("run");
+    // SGD at a rate far too high for the head: val_loss stalls, and each stall of more than
+    // one epoch halves the rate.
+    let o = tlc(&args(&spec, &weights, &data, &run, &["--epochs", "12", "--batch", "4", "--optimizer", "sgd", "--lr", "3", "--reduce-lr-on-plateau=1:0.5"]));
+    ok(&o);
+    let lrs: Vec<f64> = metrics(&run)[1..].iter().map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(lrs[0], 3.0);
+    assert!(lrs.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] * 0.5), "{lrs:?}");
+    assert!(*lrs.last().unwrap() < 3.0, "the rate never went down: {lrs:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("learning rate x 0.5"));
+    // Bad values are clear errors; the flag alone takes PyTorch's defaults.
+    let o = tlc(&args(&spec, &weights, &data, &dir.join("bad"), &["--reduce-lr-on-plateau=3:2"]));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("PATIENCE[:FACTOR]"));
+    let plain = dir.join("plain");
+    ok(&tlc(&args(&spec, &weights, &data, &plain, &["--epochs", "1", "--reduce-lr-on-plateau"])));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(plain.join("config.json")).unwrap()).unwrap();
+    let p = &config["config"]["reduce_lr_on_plateau"];
+    assert_eq!((p["patience"].as_u64(), p["factor"].as_f64(), p["threshold"].as_f64()), (Some(10), Some(0.1), Some(1e-4)), "{config}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_run_without_plateau_or_early_stopping_resumes() {
+    // Nothing in its state is infinite once saved (a JSON null would not read back).
+    let dir = tmp("plain-resume");
+    let (spec, weights, data) = tiny_setup(&dir);
+    let run = dir.join("run");
+    let mut first = args(&spec, &weights, &data, &run, &["--epochs", "2", "--batch", "8"]);
+    first.extend(["--stop-after", "1"]);
+    assert!(ok(&tlc(&first)).contains("--resume"));
+    ok(&tlc(&["train", "--resume", run.to_str().unwrap()]));
+    assert_eq!(metrics(&run).len(), 3);
+    assert_eq!(summary(&run)["complete"], true);
     let _ = std::fs::remove_dir_all(&dir);
 }

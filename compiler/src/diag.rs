@@ -43,10 +43,13 @@ pub struct Diagnostic {
     pub message: String,
     /// The main span first, then secondary ones.
     pub labels: Vec<Label>,
+    /// Facts that explain the message (examples, lists), rendered before the hints; boxed
+    /// because few diagnostics have any (keeps `Result<_, Diagnostic>` small).
+    pub notes: Option<Box<Vec<String>>>,
     /// Suggestions such as "did you mean `stride`?".
     pub hints: Vec<String>,
     /// Block expansions from the outermost call inwards.
-    pub trace: Vec<Frame>,
+    pub trace: Box<[Frame]>,
 }
 
 impl Diagnostic {
@@ -57,8 +60,9 @@ impl Diagnostic {
             code,
             message: message.into(),
             labels: vec![Label { span, message: String::new() }],
+            notes: None,
             hints: Vec::new(),
-            trace: Vec::new(),
+            trace: Box::default(),
         }
     }
     /// Sets the primary label's text.
@@ -69,6 +73,11 @@ impl Diagnostic {
     /// Adds a secondary label.
     pub fn with_label(mut self, span: Span, message: impl Into<String>) -> Self {
         self.labels.push(Label { span, message: message.into() });
+        self
+    }
+    /// Adds a note.
+    pub fn note(mut self, note: impl Into<String>) -> Self {
+        self.notes.get_or_insert_with(Default::default).push(note.into());
         self
     }
     /// Adds a hint.

@@ -58,7 +58,8 @@ fn shape_str(n: &Node) -> String {
     }
 }
 
-fn human(n: u64) -> String {
+/// A count with a K/M/G suffix: `9.4K`, `25.61M`.
+pub fn human(n: u64) -> String {
     match n {
         n if n >= 1_000_000_000 => format!("{:.2}G", n as f64 / 1e9),
         n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),

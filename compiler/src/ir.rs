@@ -65,6 +65,8 @@ pub enum Activation {
     Sigmoid,
     /// tanh
     Tanh,
+    /// x * tanh(softplus(x)) (darknet's mish)
+    Mish,
 }
 
 /// A primitive operation with its attributes. Shape rules live in `ops/`.
@@ -134,8 +136,9 @@ pub enum Op {
     PatchMerge,
     /// YOLOv8 detection decode: per level `[4*reg_max + classes, H, W]` inputs, to `[4 + classes, N]`.
     DetectV8 { classes: usize, reg_max: usize, strides: Vec<usize> },
-    /// Darknet YOLO layer: raw `[A*(5+classes), H, W]` head, kept raw (decode happens in `tlc run`).
-    YoloHead { classes: usize, anchors: Vec<[usize; 2]>, mask: Vec<usize> },
+    /// Darknet YOLO layer: raw `[A*(5+classes), H, W]` head, kept raw (decode happens in `tlc run`);
+    /// `scale_xy` is darknet's `scale_x_y` (box centres `σ(t)·scale_xy − (scale_xy − 1)/2`).
+    YoloHead { classes: usize, anchors: Vec<[usize; 2]>, mask: Vec<usize>, scale_xy: f64 },
 }
 
 /// Kind of a parameter, for initialisation and training.
@@ -209,6 +212,24 @@ pub struct Scope {
     pub output: NodeId,
     /// Block that was expanded, if any.
     pub block: Option<String>,
+    /// What opened the scope.
+    pub origin: ScopeOrigin,
+    /// The spec text that opened it: the block call or the item's name.
+    #[serde(skip)]
+    pub span: Span,
+}
+
+/// The spec construct that opened a [`Scope`] (for explaining names, see `against`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ScopeOrigin {
+    /// A block called without a name: the scope is the next index of the enclosing one.
+    UnnamedCall,
+    /// A block called with a name (`layer1: stage(...)`).
+    NamedCall,
+    /// A named item holding a list or a chain (`features: [...]`).
+    NamedItem,
+    /// One iteration of a `repeat`/`dense` with `name:`.
+    RepeatName,
 }
 
 /// What a model is for: decides what `tlc run` prints.
@@ -300,6 +321,19 @@ impl Graph {
     /// Total multiply-accumulates per sample.
     pub fn macs(&self) -> u64 {
         self.graph.node_weights().map(|n| n.macs).sum()
+    }
+    /// Liveness for a forward pass that frees values early: per node, the index of its last
+    /// reader (itself when nothing reads it; `usize::MAX` for the output, which the caller reads).
+    pub fn last_use(&self) -> Vec<usize> {
+        let mut last = vec![0usize; self.graph.node_count()];
+        for (id, node) in self.nodes() {
+            last[id.index()] = id.index();
+            for inp in &node.inputs {
+                last[inp.index()] = last[inp.index()].max(id.index());
+            }
+        }
+        last[self.output.index()] = usize::MAX;
+        last
     }
     /// Finds a node by exact name, or else a scope by name (its output node).
     pub fn find(&self, name: &str) -> Option<NodeId> {

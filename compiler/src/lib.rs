@@ -5,11 +5,15 @@
 //! the [`ir`] graph while [`ops`] checks shapes; [`emit`] prints DOT, summaries and
 //! parameter lists. Files are read only through the [`span::SourceLoader`] handed in.
 
+pub mod against;
 pub mod checkpoint;
 pub mod diag;
+pub mod draw;
 pub mod emit;
+pub mod export;
 pub mod expr;
 pub mod header;
+pub mod import;
 pub mod ir;
 pub mod lower;
 pub mod meta;
@@ -52,7 +56,7 @@ fn resolve_path(base: &str, rel: &str) -> String {
 }
 
 /// Reads a spec file and its imports; returns the main spec and all blocks.
-fn read_all(path: &str, loader: &dyn SourceLoader, sources: &mut Sources, diags: &mut Vec<Diagnostic>) -> Option<(spec::Spec, Vec<spec::BlockDef>)> {
+pub(crate) fn read_all(path: &str, loader: &dyn SourceLoader, sources: &mut Sources, diags: &mut Vec<Diagnostic>) -> Option<(spec::Spec, Vec<spec::BlockDef>)> {
     let text = match loader.load(path) {
         Ok(t) => t,
         Err(e) => {

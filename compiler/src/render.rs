@@ -56,6 +56,7 @@ fn to_codespan(d: &Diagnostic, sources: &Sources) -> cr::Diagnostic<usize> {
             col
         ));
     }
+    notes.extend(d.notes.iter().flat_map(|n| n.iter().cloned()));
     for h in &d.hints {
         notes.push(format!("help: {h}"));
     }
@@ -72,12 +73,11 @@ pub fn render_plain(diags: &[Diagnostic], sources: &Sources) -> String {
     out
 }
 
-/// Renders diagnostics to stderr, with colors when stderr is a terminal.
-pub fn emit_stderr(diags: &[Diagnostic], sources: &Sources) {
+/// Renders diagnostics to stderr, in colour when `color` (the CLI decides: `--color`,
+/// `NO_COLOR`, whether stderr is a terminal).
+pub fn emit_stderr(diags: &[Diagnostic], sources: &Sources, color: bool) {
     use term::termcolor::{ColorChoice, StandardStream};
-    // Colour only on a terminal: pipes and logs get plain text (termcolor's `Auto` looks only at TERM).
-    let color = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { ColorChoice::Auto } else { ColorChoice::Never };
-    let writer = StandardStream::stderr(color);
+    let writer = StandardStream::stderr(if color { ColorChoice::AlwaysAnsi } else { ColorChoice::Never });
     let config = term::Config::default();
     let mut lock = writer.lock();
     for d in diags {

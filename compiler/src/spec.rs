@@ -110,6 +110,34 @@ fn parse_signature(text: &str, span: Span, body: Node, diags: &mut Vec<Diagnosti
     }
 }
 
+/// `variants:`: per variant, its overrides.
+fn read_variants(spec: &mut Spec, v: &Node, diags: &mut Vec<Diagnostic>) {
+    for (vk, vv) in map_entries(v, "variants", diags) {
+        let Some(vname) = key_str(vk, diags) else { continue };
+        let mut overrides = Vec::new();
+        for (ok, ov) in map_entries(vv, "a variant", diags) {
+            if let Some(o) = key_str(ok, diags) {
+                overrides.push((o, ok.span, ov.clone()));
+            }
+        }
+        spec.variants.push((vname, vk.span, overrides));
+    }
+}
+
+/// `blocks:`: each signature parsed, no name defined twice.
+fn read_blocks(spec: &mut Spec, v: &Node, diags: &mut Vec<Diagnostic>) {
+    for (bk, bv) in map_entries(v, "blocks", diags) {
+        let Some(sig) = key_str(bk, diags) else { continue };
+        match parse_signature(&sig, bk.span, bv.clone(), diags) {
+            Ok(b) => match spec.blocks.iter().find(|x| x.name == b.name) {
+                Some(prev) => diags.push(Diagnostic::error("E0014", b.span, format!("block `{}` is defined twice", b.name)).with_label(prev.span, "first defined here")),
+                None => spec.blocks.push(b),
+            },
+            Err(d) => diags.push(d),
+        }
+    }
+}
+
 /// Reads the top level of a spec file.
 pub fn read(file: FileId, root: &Node, diags: &mut Vec<Diagnostic>) -> Spec {
     let mut spec = Spec {
@@ -151,18 +179,7 @@ pub fn read(file: FileId, root: &Node, diags: &mut Vec<Diagnostic>) -> Spec {
                     }
                 }
             }
-            "variants" => {
-                for (vk, vv) in map_entries(v, "variants", diags) {
-                    let Some(vname) = key_str(vk, diags) else { continue };
-                    let mut overrides = Vec::new();
-                    for (ok, ov) in map_entries(vv, "a variant", diags) {
-                        if let Some(o) = key_str(ok, diags) {
-                            overrides.push((o, ok.span, ov.clone()));
-                        }
-                    }
-                    spec.variants.push((vname, vk.span, overrides));
-                }
-            }
+            "variants" => read_variants(&mut spec, v, diags),
             "default_variant" => match v.scalar_text() {
                 Some(s) => spec.default_variant = Some((s, v.span)),
                 None => diags.push(Diagnostic::error("E0013", v.span, "`default_variant` must be a variant name")),
@@ -179,24 +196,7 @@ pub fn read(file: FileId, root: &Node, diags: &mut Vec<Diagnostic>) -> Spec {
                     }
                 }
             }
-            "blocks" => {
-                for (bk, bv) in map_entries(v, "blocks", diags) {
-                    let Some(sig) = key_str(bk, diags) else { continue };
-                    match parse_signature(&sig, bk.span, bv.clone(), diags) {
-                        Ok(b) => {
-                            if let Some(prev) = spec.blocks.iter().find(|x| x.name == b.name) {
-                                diags.push(
-                                    Diagnostic::error("E0014", b.span, format!("block `{}` is defined twice", b.name))
-                                        .with_label(prev.span, "first defined here"),
-                                );
-                            } else {
-                                spec.blocks.push(b);
-                            }
-                        }
-                        Err(d) => diags.push(d),
-                    }
-                }
-            }
+            "blocks" => read_blocks(&mut spec, v, diags),
             "graph" => spec.graph = Some(v.clone()),
             k if TOP_KEYS.contains(&k) => spec.header.push((key, v.clone())),
             other => diags.push(

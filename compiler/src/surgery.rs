@@ -113,11 +113,21 @@ fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }
 
+/// A replacement of `text[start..end]`.
+type Edit = (usize, usize, String);
+
+/// The top-level entries of a spec's YAML.
+type Top = [(Node, Node)];
+
+fn top_get<'a>(top: &'a Top, key: &str) -> Option<&'a (Node, Node)> {
+    top.iter().find(|(k, _)| k.as_str() == Some(key))
+}
+
 /// The text of the transfer spec and the name of its new head scope.
 pub fn transfer_spec(text: &str, t: &TransferSpec) -> Result<(String, String), String> {
     let root = yaml::parse(0, text).map_err(|d| d.message)?;
     let Kind::Map(top) = &root.kind else { return Err("the spec is not a mapping".into()) };
-    let get = |k: &str| top.iter().find(|(key, _)| key.as_str() == Some(k));
+    let get = |k: &str| top_get(top, k);
     let head = get("head").and_then(|(_, v)| v.scalar_text()).ok_or("the spec has no `head:` (the first node of its classifier), so it cannot be cut for transfer learning")?;
     let (_, graph) = get("graph").ok_or("the spec has no `graph:`")?;
     let Kind::Seq(items) = &graph.kind else { return Err("the spec's `graph:` is not a list".into()) };
@@ -133,10 +143,26 @@ pub fn transfer_spec(text: &str, t: &TransferSpec) -> Result<(String, String), S
         .ok_or_else(|| format!("`head: {head}` is not a top-level item of `graph:` (only a top-level classifier can be cut)"))?;
     let kept: Vec<String> = items[..idx].iter().filter_map(item_name).collect();
     let scope = if kept.iter().any(|k| k == "head") { "new_head" } else { "head" }.to_string();
+    let labels = format!("[{}]", t.labels.iter().map(|l| yaml_str(l)).collect::<Vec<_>>().join(", "));
+    let mut edits = vec![cut_graph(text, &items[idx], &scope, t.head_chain)?];
+    edits.extend(header_edits(text, top, t, &scope, &labels));
+    let mut out = apply(text, edits)?;
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    if get("labels").is_none() {
+        out.push_str(&format!("labels: {labels}\n"));
+    }
+    if let (Some(v), None) = (t.variant, get("default_variant")) {
+        if get("variants").is_some() {
+            out.push_str(&format!("default_variant: {}\n", yaml_str(v)));
+        }
+    }
+    Ok((out, scope))
+}
 
-    let mut edits: Vec<(usize, usize, String)> = Vec::new();
-    // graph: cut at the head item, append the new head.
-    let item = &items[idx];
+/// Replaces the `graph:` list from the head item to its end by the new head item.
+fn cut_graph(text: &str, item: &Node, scope: &str, chain: &str) -> Result<Edit, String> {
     let ls = line_start(text, item.span.start as usize);
     let dash = text[ls..].find('-').map(|i| ls + i).filter(|&d| d < item.span.start as usize).ok_or("the spec's `graph:` must be a block list (`- item` lines) to be cut")?;
     let indent = &text[ls..dash];
@@ -156,8 +182,14 @@ pub fn transfer_spec(text: &str, t: &TransferSpec) -> Result<(String, String), S
     }
     // Keep the line break before the next key.
     let end = if end < text.len() { end - 1 } else { end };
-    edits.push((ls, end, format!("{indent}- {scope}: {}", yaml_str(t.head_chain))));
-    let set = |key: &str, value: String, edits: &mut Vec<(usize, usize, String)>| {
+    Ok((ls, end, format!("{indent}- {scope}: {}", yaml_str(chain))))
+}
+
+/// New values of the header keys: labels, head, weights (none), name, imports, default variant.
+fn header_edits(text: &str, top: &Top, t: &TransferSpec, scope: &str, labels: &str) -> Vec<Edit> {
+    let get = |k: &str| top_get(top, k);
+    let mut edits = Vec::new();
+    let mut set = |key: &str, value: String| {
         match get(key) {
             Some((_, v)) if !matches!(v.kind, Kind::Map(_) | Kind::Seq(_)) || key == "labels" || key == "import" => {
                 let (s, e) = with_quotes(text, v.span.start as usize, v.span.end as usize);
@@ -167,18 +199,15 @@ pub fn transfer_spec(text: &str, t: &TransferSpec) -> Result<(String, String), S
             _ => {}
         }
     };
-    let labels = format!("[{}]", t.labels.iter().map(|l| yaml_str(l)).collect::<Vec<_>>().join(", "));
     if get("labels").is_some() {
-        set("labels", labels.clone(), &mut edits);
+        set("labels", labels.to_string());
     }
-    set("head", scope.clone(), &mut edits);
+    set("head", scope.to_string());
     if get("weights").is_some() {
-        set("weights", "null".into(), &mut edits);
+        set("weights", "null".into());
     }
-    if let Some((_, v)) = get("name") {
-        if let Some(n) = v.scalar_text() {
-            set("name", yaml_str(&format!("{n}_transfer")), &mut edits);
-        }
+    if let Some(n) = get("name").and_then(|(_, v)| v.scalar_text()) {
+        set("name", yaml_str(&format!("{n}_transfer")));
     }
     if let Some((_, imp)) = get("import") {
         let list: Vec<String> = match &imp.kind {
@@ -186,14 +215,16 @@ pub fn transfer_spec(text: &str, t: &TransferSpec) -> Result<(String, String), S
             Kind::Str(s) => vec![s.clone()],
             _ => vec![],
         };
-        let v = format!("[{}]", list.iter().map(|p| yaml_str(&(t.import_path)(p))).collect::<Vec<_>>().join(", "));
-        set("import", v, &mut edits);
+        set("import", format!("[{}]", list.iter().map(|p| yaml_str(&(t.import_path)(p))).collect::<Vec<_>>().join(", ")));
     }
-    if let Some(v) = t.variant {
-        if get("default_variant").is_some() {
-            set("default_variant", yaml_str(v), &mut edits);
-        }
+    if let (Some(v), Some(_)) = (t.variant, get("default_variant")) {
+        set("default_variant", yaml_str(v));
     }
+    edits
+}
+
+/// `text` with non-overlapping `edits` applied.
+fn apply(text: &str, mut edits: Vec<Edit>) -> Result<String, String> {
     edits.sort_by_key(|e| e.0);
     for w in edits.windows(2) {
         if w[0].1 > w[1].0 {
@@ -204,18 +235,7 @@ pub fn transfer_spec(text: &str, t: &TransferSpec) -> Result<(String, String), S
     for (s, e, v) in edits.into_iter().rev() {
         out.replace_range(s..e, &v);
     }
-    if !out.ends_with('\n') {
-        out.push('\n');
-    }
-    if get("labels").is_none() {
-        out.push_str(&format!("labels: {labels}\n"));
-    }
-    if let (Some(v), None) = (t.variant, get("default_variant")) {
-        if get("variants").is_some() {
-            out.push_str(&format!("default_variant: {}\n", yaml_str(v)));
-        }
-    }
-    Ok((out, scope))
+    Ok(out)
 }
 
 /// End of a flow sequence `[...]` starting at `s` (spans of sequences may stop early).

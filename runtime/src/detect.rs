@@ -13,8 +13,10 @@
 //!   ([`NmsMode::ClassWise`]), at most 300 detections (`max_det`), boxes clipped to the image
 //!   (`scale_boxes`).
 
+use crate::preprocess::Prepared;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
+use tlc_compiler::ir::{Graph, NodeId, Op};
 
 /// One detection in original-image pixels.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -45,11 +47,12 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Decodes one darknet `[yolo]` head (`[A*(5+C), H, W]` for one image): `x = (σ(tx)+gx)/W`,
+/// Decodes one darknet `[yolo]` head (`[A*(5+C), H, W]` for one image): `x = (σ(tx)·α − (α−1)/2
+/// + gx)/W` with α = `scale_x_y` (darknet's `forward_yolo_layer`; 1 for plain YOLOv3 heads),
 /// `w = e^tw * anchor_w / net_w`, score = σ(obj) · σ(class) of the box's best class (as
 /// OpenCV's darknet importer reports it); keeps boxes whose score exceeds `conf` (the
 /// reference's `conf > 0.3`).
-pub fn decode_darknet(head: &Tensor, anchors: &[[usize; 2]], mask: &[usize], classes: usize, net_hw: (usize, usize), conf: f32) -> Result<Vec<Candidate>> {
+pub fn decode_darknet(head: &Tensor, anchors: &[[usize; 2]], mask: &[usize], classes: usize, scale_xy: f32, net_hw: (usize, usize), conf: f32) -> Result<Vec<Candidate>> {
     let (c, h, w) = head.dims3()?;
     let na = mask.len();
     if c != na * (5 + classes) {
@@ -63,8 +66,9 @@ pub fn decode_darknet(head: &Tensor, anchors: &[[usize; 2]], mask: &[usize], cla
             for (a, &m) in mask.iter().enumerate() {
                 let base = a * (5 + classes);
                 let obj = sigmoid(at(base + 4, y, x));
-                let cx = (sigmoid(at(base, y, x)) + x as f32) / w as f32;
-                let cy = (sigmoid(at(base + 1, y, x)) + y as f32) / h as f32;
+                let centre = |t: f32| sigmoid(t) * scale_xy - (scale_xy - 1.0) / 2.0;
+                let cx = (centre(at(base, y, x)) + x as f32) / w as f32;
+                let cy = (centre(at(base + 1, y, x)) + y as f32) / h as f32;
                 let bw = at(base + 2, y, x).exp() * anchors[m][0] as f32 / net_hw.1 as f32;
                 let bh = at(base + 3, y, x).exp() * anchors[m][1] as f32 / net_hw.0 as f32;
                 let (mut best, mut class) = (f32::MIN, 0);
@@ -304,6 +308,91 @@ pub fn finish(cands: &[Candidate], p: &Post, labels: &[String]) -> Vec<Detection
         .collect()
 }
 
+/// How detections are post-processed (`tlc run --conf --iou --nms`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DetectOptions {
+    /// Confidence threshold; `None`: the head format's reference (0.3 for darknet heads as
+    /// `verify_yolofastest.py`, 0.25 for YOLOv8 as Ultralytics).
+    pub conf: Option<f32>,
+    /// NMS IoU threshold.
+    pub iou: f32,
+    /// NMS mode; `None`: the reference's for the head format ([`NmsMode::reference`]).
+    pub nms: Option<NmsMode>,
+}
+
+/// A darknet `[yolo]` head of a graph.
+struct DarknetHead {
+    node: NodeId,
+    classes: usize,
+    anchors: Vec<[usize; 2]>,
+    mask: Vec<usize>,
+    scale_xy: f32,
+}
+
+/// Ultralytics' `max_det`.
+const V8_MAX_DET: usize = 300;
+
+/// The detection policy of a detection graph (`task: detect`): which values to decode (the
+/// darknet `YoloHead` nodes, else the YOLOv8 output), thresholds, NMS mode, clipping and
+/// `max_det` as each format's reference does them.
+pub struct Detector {
+    /// Darknet heads (none for YOLOv8).
+    heads: Vec<DarknetHead>,
+    net_hw: (usize, usize),
+    options: DetectOptions,
+    labels: Vec<String>,
+}
+
+impl Detector {
+    /// The detector of `graph` with `options`; class names from the spec's labels.
+    pub fn new(graph: &Graph, options: DetectOptions) -> Detector {
+        let heads = graph
+            .nodes()
+            .filter_map(|(id, n)| match &n.op {
+                Op::YoloHead { classes, anchors, mask, scale_xy } => Some(DarknetHead { node: id, classes: *classes, anchors: anchors.clone(), mask: mask.clone(), scale_xy: *scale_xy as f32 }),
+                _ => None,
+            })
+            .collect();
+        let input = &graph.meta.input;
+        Detector { heads, net_hw: (input[1], input[2]), options, labels: crate::labels::names(&graph.meta.labels) }
+    }
+
+    /// Nodes whose values [`Detector::detect`] needs besides the output (the darknet heads).
+    pub fn taps(&self) -> Vec<NodeId> {
+        self.heads.iter().map(|h| h.node).collect()
+    }
+
+    fn darknet(&self) -> bool {
+        !self.heads.is_empty()
+    }
+
+    /// Detections of image `i` of a batch in its original pixels: `output` is the model's
+    /// output, `head_values` the values of [`Detector::taps`], `image` the image's preprocessing.
+    pub fn detect(&self, output: &Tensor, head_values: &[Tensor], i: usize, image: &Prepared) -> Result<Vec<Detection>> {
+        let darknet = self.darknet();
+        let mut cands = Vec::new();
+        if darknet {
+            let conf = self.options.conf.unwrap_or(0.3);
+            for (h, t) in self.heads.iter().zip(head_values) {
+                cands.extend(decode_darknet(&t.get(i)?, &h.anchors, &h.mask, h.classes, h.scale_xy, self.net_hw, conf)?);
+            }
+        } else {
+            cands = decode_v8(&output.get(i)?, self.net_hw, self.options.conf.unwrap_or(0.25))?;
+        }
+        let post = Post {
+            net_hw: self.net_hw,
+            scale: image.scale,
+            pad: image.pad,
+            iou: self.options.iou,
+            mode: self.options.nms.unwrap_or(NmsMode::reference(darknet)),
+            // OpenCV reports darknet boxes unclipped (they may cross the border); Ultralytics clips.
+            clip: (!darknet).then_some(image.original),
+            max_det: (!darknet).then_some(V8_MAX_DET),
+        };
+        Ok(finish(&cands, &post, &self.labels))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +403,24 @@ mod tests {
         let (s, c) = ([0.9, 0.8, 0.7, 0.5], [0, 0, 1, 0]);
         assert_eq!(nms(&b, &s, &c, 0.45, NmsMode::ClassWise), vec![0, 2, 3]);
         assert_eq!(nms(&b, &s, &c, 0.45, NmsMode::Agnostic), vec![0, 3]);
+    }
+
+    #[test]
+    fn darknet_scale_x_y_stretches_box_centres() {
+        // One cell of a 2x2 grid, one anchor, one class: σ(ln 3) = 0.75, so the centre offset
+        // is 0.75 with scale_x_y 1 and 0.75·2 − 0.5 = 1.0 with scale_x_y 2 (darknet's
+        // `scal_add_cpu(…, scale_x_y, -0.5*(scale_x_y - 1), …)`).
+        let mut v = vec![-20.0f32; 6 * 4];
+        for (ch, val) in [(0, 3f32.ln()), (1, 3f32.ln()), (2, 0.0), (3, 0.0), (4, 20.0), (5, 20.0)] {
+            v[ch * 4] = val; // cell (0, 0)
+        }
+        let head = Tensor::from_vec(v, (6, 2, 2), &candle_core::Device::Cpu).unwrap();
+        for (scale, want) in [(1.0, 0.75 / 2.0), (2.0, 1.0 / 2.0)] {
+            let c = decode_darknet(&head, &[[4, 4]], &[0], 1, scale, (8, 8), 0.5).unwrap();
+            assert_eq!(c.len(), 1);
+            assert!((c[0].cxcywh[0] - want).abs() < 1e-6 && (c[0].cxcywh[1] - want).abs() < 1e-6, "{:?}", c[0].cxcywh);
+            assert_eq!(c[0].cxcywh[2], 0.5);
+        }
     }
 
     /// A candidate in a 256x256 image run at 256x256, from pixel left, top, width, height.

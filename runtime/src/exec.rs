@@ -2,9 +2,10 @@
 //! as dim 0; the IR's per-sample shapes follow after it.
 
 use crate::kernels as k;
-use candle_core::{Device, IndexOp, Result, Tensor};
+use candle_core::{IndexOp, Result, Tensor};
 use tlc_compiler::ir::{Activation, NormAxis, Op};
 use tlc_compiler::ops::conv::resolve_padding;
+use tlc_compiler::ops::{relative_position_index, shift_mask, window_shifts};
 
 /// Parameters of one node, looked up by suffix (`weight`, `bias`, ...; `""` for the node's own).
 pub trait ParamSource {
@@ -27,7 +28,9 @@ impl ParamSource for NodeParams<'_> {
     }
 }
 
-fn act(a: Activation, x: &Tensor) -> Result<Tensor> {
+/// Applies activation `a` to `x` (the one activation dispatch of the plain, optimized and
+/// training forwards).
+pub fn activation(a: Activation, x: &Tensor) -> Result<Tensor> {
     match a {
         Activation::Relu => x.relu(),
         Activation::Relu6 => k::relu6(x),
@@ -38,6 +41,15 @@ fn act(a: Activation, x: &Tensor) -> Result<Tensor> {
         Activation::HardSigmoid => k::hard_sigmoid(x),
         Activation::Sigmoid => k::sigmoid(x),
         Activation::Tanh => x.tanh(),
+        Activation::Mish => k::mish(x),
+    }
+}
+
+/// Applies `a`, if any, to `x`.
+pub fn maybe_activation(a: Option<Activation>, x: Tensor) -> Result<Tensor> {
+    match a {
+        Some(a) => activation(a, &x),
+        None => Ok(x),
     }
 }
 
@@ -70,7 +82,7 @@ pub fn eval(op: &Op, ins: &[Tensor], p: &dyn ParamSource) -> Result<Tensor> {
         Op::BatchNorm { eps } => k::batch_norm_eval(x, p.param("weight")?, p.param("bias")?, p.param("running_mean")?, p.param("running_var")?, *eps)?,
         Op::LayerNorm { eps, axis: NormAxis::Last } => k::layer_norm_last(x, p.param("weight")?, p.param("bias")?, *eps)?,
         Op::LayerNorm { eps, axis: NormAxis::Channels } => k::layer_norm_channels(x, p.param("weight")?, p.param("bias")?, *eps)?,
-        Op::Act(a) => act(*a, x)?,
+        Op::Act(a) => activation(*a, x)?,
         Op::Softmax { axis } => {
             let rank = x.rank() as isize;
             let d = if *axis < 0 { rank + axis } else { *axis } as usize;
@@ -97,11 +109,9 @@ pub fn eval(op: &Op, ins: &[Tensor], p: &dyn ParamSource) -> Result<Tensor> {
         }
         Op::Flatten { start } => x.flatten_from(*start)?,
         Op::Reshape { dims } => {
-            let n = x.dim(0)?;
-            let total: usize = x.dims()[1..].iter().product();
-            let known: usize = dims.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
-            let mut shape = vec![n];
-            shape.extend(dims.iter().map(|&d| if d < 0 { total / known.max(1) } else { d as usize }));
+            let sample = tlc_compiler::ops::reshape_dims(dims, &x.dims()[1..]).map_err(|e| candle_core::Error::Msg(format!("reshape: {}", e.message)))?;
+            let mut shape = vec![x.dim(0)?];
+            shape.extend(sample);
             x.reshape(shape)?
         }
         Op::Permute { perm } => x.permute(perm.clone())?.contiguous()?,
@@ -155,30 +165,30 @@ fn channel_affine(x: &Tensor, scale: &[f64], shift: &[f64]) -> Result<Tensor> {
 
 /// `nn.MultiheadAttention` self-attention, batch first, on (N, L, D).
 fn self_attention(x: &Tensor, heads: usize, p: &dyn ParamSource) -> Result<Tensor> {
-    let (n, l, d) = x.dims3()?;
-    let hd = d / heads;
-    let qkv = linear(x, p.param("in_proj_weight")?, Some(p.param("in_proj_bias")?))?;
-    let split = |i: usize| -> Result<Tensor> { qkv.narrow(2, i * d, d)?.reshape((n, l, heads, hd))?.transpose(1, 2)?.contiguous() };
-    let (q, kk, v) = (split(0)?, split(1)?, split(2)?);
-    let o = k::attention(&q, &kk, &v, None)?;
-    let o = o.transpose(1, 2)?.reshape((n, l, d))?;
-    linear(&o, p.param("out_proj.weight")?, Some(p.param("out_proj.bias")?))
+    self_attention_with(x, heads, &|x, w, b| linear(x, p.param(w)?, Some(p.param(b)?)), &|_| Ok(None))
 }
 
-/// torchvision's relative position index for a `w x w` window, flattened (w^2 * w^2).
-pub fn relative_position_index(w: usize) -> Vec<u32> {
-    let n = w * w;
-    let mut idx = Vec::with_capacity(n * n);
-    for a in 0..n {
-        for b in 0..n {
-            let (ha, wa) = (a / w, a % w);
-            let (hb, wb) = (b / w, b % w);
-            let dh = ha as isize - hb as isize + w as isize - 1;
-            let dw = wa as isize - wb as isize + w as isize - 1;
-            idx.push((dh * (2 * w as isize - 1) + dw) as u32);
+/// Self-attention with `linear(x, weight name, bias name)` for the projections (names are
+/// parameter suffixes of the node) and `fused(qkv)` for the attention of the packed queries,
+/// keys and values (`None`: the portable path here).
+pub fn self_attention_with(
+    x: &Tensor,
+    heads: usize,
+    linear: &dyn Fn(&Tensor, &str, &str) -> Result<Tensor>,
+    fused: &dyn Fn(&Tensor) -> Result<Option<Tensor>>,
+) -> Result<Tensor> {
+    let (n, l, d) = x.dims3()?;
+    let hd = d / heads;
+    let qkv = linear(x, "in_proj_weight", "in_proj_bias")?;
+    let o = match fused(&qkv)? {
+        Some(o) => o,
+        None => {
+            let split = |i: usize| -> Result<Tensor> { qkv.narrow(2, i * d, d)?.reshape((n, l, heads, hd))?.transpose(1, 2)?.contiguous() };
+            let (q, kk, v) = (split(0)?, split(1)?, split(2)?);
+            k::attention(&q, &kk, &v, None)?.transpose(1, 2)?.reshape((n, l, d))?
         }
-    }
-    idx
+    };
+    linear(&o, "out_proj.weight", "out_proj.bias")
 }
 
 fn roll2(x: &Tensor, s0: isize, s1: isize) -> Result<Tensor> {
@@ -208,8 +218,7 @@ fn window_attention(x: &Tensor, heads: usize, ws: usize, shift: usize, p: &dyn P
         xp = xp.pad_with_zeros(1, 0, pad_b)?;
     }
     let (ph, pw) = (h + pad_b, w + pad_r);
-    let s0 = if ws >= ph { 0 } else { shift };
-    let s1 = if ws >= pw { 0 } else { shift };
+    let (s0, s1) = window_shifts(ph, pw, ws, shift);
     let shifted = s0 + s1 > 0;
     if shifted {
         xp = roll2(&xp, -(s0 as isize), -(s1 as isize))?;
@@ -227,7 +236,7 @@ fn window_attention(x: &Tensor, heads: usize, ws: usize, shift: usize, p: &dyn P
     let idx = Tensor::from_vec(relative_position_index(ws), t * t, table.device())?;
     let bias = table.index_select(&idx, 0)?.reshape((t, t, heads))?.permute((2, 0, 1))?.contiguous()?.unsqueeze(0)?;
     let bias = if shifted {
-        let mask = shift_mask(ph, pw, ws, s0, s1, table.device())?; // (nwin, t, t)
+        let mask = Tensor::from_vec(shift_mask(ph, pw, ws, s0, s1), (nwin, t, t), table.device())?;
         // (b, nwin, heads, t, t) flattened to (b*nwin, heads, t, t)
         let full = bias.unsqueeze(0)?.broadcast_add(&mask.unsqueeze(1)?.unsqueeze(0)?)?; // (1, nwin, heads, t, t)
         full.broadcast_as((b, nwin, heads, t, t))?.contiguous()?.reshape((b * nwin, heads, t, t))?
@@ -242,40 +251,6 @@ fn window_attention(x: &Tensor, heads: usize, ws: usize, shift: usize, p: &dyn P
         y = roll2(&y, s0 as isize, s1 as isize)?;
     }
     y.narrow(1, 0, h)?.narrow(2, 0, w)?.contiguous()
-}
-
-/// Swin's attention mask for shifted windows: (num_windows, t, t) of 0 / -100.
-fn shift_mask(ph: usize, pw: usize, ws: usize, s0: usize, s1: usize, dev: &Device) -> Result<Tensor> {
-    let region = |i: usize, n: usize, s: usize| -> usize {
-        if i < n - ws {
-            0
-        } else if i < n - s {
-            1
-        } else {
-            2
-        }
-    };
-    let mut img = vec![0f32; ph * pw];
-    for y in 0..ph {
-        for x in 0..pw {
-            img[y * pw + x] = (region(y, ph, s0) * 3 + region(x, pw, s1)) as f32;
-        }
-    }
-    let (nh, nw) = (ph / ws, pw / ws);
-    let t = ws * ws;
-    let mut out = vec![0f32; nh * nw * t * t];
-    for wy in 0..nh {
-        for wx in 0..nw {
-            let win = wy * nw + wx;
-            let ids: Vec<f32> = (0..t).map(|k| img[(wy * ws + k / ws) * pw + wx * ws + k % ws]).collect();
-            for a in 0..t {
-                for bb in 0..t {
-                    out[win * t * t + a * t + bb] = if ids[a] != ids[bb] { -100.0 } else { 0.0 };
-                }
-            }
-        }
-    }
-    Tensor::from_vec(out, (nh * nw, t, t), dev)
 }
 
 /// torchvision `_patch_merging_pad`: (B, H, W, C) to (B, H/2, W/2, 4C).
@@ -343,6 +318,7 @@ fn detect_v8(ins: &[Tensor], classes: usize, reg_max: usize, strides: &[usize], 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     struct NoParams;
     impl ParamSource for NoParams {

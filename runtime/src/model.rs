@@ -3,10 +3,13 @@
 
 use crate::exec::{self, NodeParams};
 use crate::formula;
+use crate::optimize::OptimizedModel;
+use crate::rng::Rng;
 use crate::weights::Weights;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use tlc_compiler::ir::{Graph, Node, NodeId, ParamKind};
 
 /// A compiled graph with its parameters on a device.
@@ -17,7 +20,12 @@ pub struct Model {
     pub params: HashMap<String, Tensor>,
     /// Device the model runs on.
     pub device: Device,
+    /// Print the time per op kind of each optimized forward pass on stderr (`tlc` sets it
+    /// from `TLC_PROFILE`).
+    pub profile: bool,
     last_use: Vec<usize>,
+    /// The optimized view, built from `params` on the first [`Model::infer`].
+    view: OnceLock<OptimizedModel>,
 }
 
 /// The expected `(name, shape)` list of a graph, for weight checks.
@@ -27,16 +35,8 @@ pub fn expected_params(g: &Graph) -> Vec<(String, Vec<usize>)> {
 
 impl Model {
     fn build(graph: Graph, params: HashMap<String, Tensor>, device: Device) -> Model {
-        let n = graph.graph.node_count();
-        let mut last_use = vec![0usize; n];
-        for (i, node) in graph.nodes() {
-            last_use[i.index()] = i.index();
-            for inp in &node.inputs {
-                last_use[inp.index()] = last_use[inp.index()].max(i.index());
-            }
-        }
-        last_use[graph.output.index()] = usize::MAX;
-        Model { graph, params, device, last_use }
+        let last_use = graph.last_use();
+        Model { graph, params, device, profile: false, last_use, view: OnceLock::new() }
     }
 
     /// A model whose parameters are loaded from `weights` by name (strict unless `allow_missing`,
@@ -74,13 +74,34 @@ impl Model {
         Ok(Model::build(graph, params, device.clone()))
     }
 
-    /// Runs the graph on `x` (NCHW) and returns the final output.
+    /// Inference, the one entry point for running a model: the output for `x` (NCHW) and the
+    /// values of `taps`, from the optimized view (folded BatchNorm, fused activations, fast
+    /// kernels; built once, from the parameters as they are on the first call) when it holds
+    /// every tap, else from the plain graph (a tap on a conv whose BatchNorm was folded, say).
+    /// Errors of either path are returned, never replaced by the other path's result.
+    pub fn infer(&self, x: &Tensor, taps: &[NodeId]) -> Result<(Tensor, Vec<Tensor>)> {
+        let view = match self.view.get() {
+            Some(v) => v,
+            None => {
+                let mut v = self.optimized()?;
+                v.profile = self.profile;
+                self.view.get_or_init(|| v)
+            }
+        };
+        if view.holds(taps) {
+            view.forward_with(x, taps)
+        } else {
+            self.forward_with(x, taps)
+        }
+    }
+
+    /// Runs the plain graph on `x` (NCHW) and returns the final output.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (out, _) = self.forward_with(x, &[])?;
         Ok(out)
     }
 
-    /// Runs the graph and also returns the outputs of the `taps` nodes.
+    /// Runs the plain graph and also returns the outputs of the `taps` nodes.
     pub fn forward_with(&self, x: &Tensor, taps: &[NodeId]) -> Result<(Tensor, Vec<Tensor>)> {
         run_graph(&self.graph, &self.last_use, x, taps, |_, node, ins| {
             let p = NodeParams { node: &node.name, params: &self.params };
@@ -136,15 +157,8 @@ pub(crate) fn run_graph(
 pub fn init_param(name: &str, shape: &[usize], kind: ParamKind, seed: u64, device: &Device) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-    let mut state = formula::fnv1a64(name.as_bytes()) ^ seed.wrapping_mul(0x9E3779B97F4A7C15);
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^= z >> 31;
-        ((z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)) * 2.0 - 1.0
-    };
+    let mut rng = Rng::from_state(formula::fnv1a64(name.as_bytes()) ^ seed.wrapping_mul(0x9E3779B97F4A7C15));
+    let mut uniform = move || rng.uniform() * 2.0 - 1.0;
     let values: Vec<f32> = match kind {
         ParamKind::RunningVar => vec![1.0; n],
         ParamKind::RunningMean => vec![0.0; n],

@@ -37,6 +37,8 @@ pub struct OptimizedModel {
     linears: HashMap<String, PackedWeights>,
     /// The instruction-set level of the fast kernels.
     isa: Isa,
+    /// Print the time per op kind of each forward pass on stderr (`tlc run` with `TLC_PROFILE`).
+    pub profile: bool,
 }
 
 /// A BatchNorm prologue: per-channel scale and shift, then the activation.
@@ -54,6 +56,57 @@ fn bn_affine(params: &HashMap<String, Tensor>, bn: &str, eps: f64) -> Result<(Ve
     let scale: Vec<f64> = g.iter().zip(&v).map(|(&g, &v)| g as f64 / (v as f64 + eps).sqrt()).collect();
     let shift = b.iter().zip(&m).zip(&scale).map(|((&b, &m), &s)| (b as f64 - m as f64 * s) as f32).collect();
     Ok((scale.into_iter().map(|s| s as f32).collect(), shift))
+}
+
+/// The parameters of the optimized graph `plan` from the plain model's `params`: each
+/// remaining node's own tensors (a linear rewritten as a 1x1 conv takes its weight as
+/// `[out, in, 1, 1]`), layer scales folded into the conv before them, and for every folded
+/// BatchNorm the conv or linear weight scaled by `gamma / sqrt(var + eps)` and its (new) bias.
+pub fn folded_params(plan: &Optimized, params: &HashMap<String, Tensor>, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    for (_, n) in plan.graph.nodes() {
+        for p in &n.params {
+            if let Some(t) = params.get(&p.name) {
+                // A linear rewritten as a 1x1 conv takes its weight as `[out, in, 1, 1]`.
+                let t = if t.dims() != p.shape.as_slice() && t.elem_count() == p.numel() { t.reshape(p.shape.as_slice())? } else { t.clone() };
+                out.insert(p.name.clone(), t);
+            }
+        }
+    }
+    for f in &plan.scale_folds {
+        let s = vec1(params.get(&f.scale).ok_or_else(|| anyhow!("parameter `{}` is not loaded", f.scale))?)?;
+        for suffix in ["weight", "bias"] {
+            let name = format!("{}.{suffix}", f.conv);
+            let Some(t) = out.get(&name) else { continue };
+            let v = vec1(t)?;
+            if v.len() % s.len() != 0 {
+                bail!("cannot fold `{}` into `{}`: {} channels against {:?}", f.scale, f.conv, s.len(), t.dims());
+            }
+            let per = v.len() / s.len();
+            let scaled: Vec<f32> = v.iter().enumerate().map(|(i, &x)| x * s[i / per]).collect();
+            let t = Tensor::from_vec(scaled, t.dims(), device)?;
+            out.insert(name, t);
+        }
+    }
+    for f in &plan.folds {
+        let node = plan.graph.node(f.node);
+        let (scale, shift) = bn_affine(params, &f.bn, f.eps)?;
+        let wname = format!("{}.weight", node.name);
+        let bname = format!("{}.bias", node.name);
+        let w = params.get(&wname).ok_or_else(|| anyhow!("parameter `{wname}` is not loaded"))?;
+        let c = scale.len();
+        if w.dim(0)? != c {
+            bail!("cannot fold `{}` into `{}`: {} channels against {:?}", f.bn, node.name, c, w.dims());
+        }
+        let wv = vec1(w)?;
+        let per = wv.len() / c;
+        let wf: Vec<f32> = wv.iter().enumerate().map(|(i, &x)| x * scale[i / per]).collect();
+        let b0 = if f.had_bias { vec1(params.get(&bname).ok_or_else(|| anyhow!("parameter `{bname}` is not loaded"))?)? } else { vec![0.0; c] };
+        let bf: Vec<f32> = b0.iter().zip(&scale).zip(&shift).map(|((&b, &s), &t)| b * s + t).collect();
+        out.insert(wname, Tensor::from_vec(wf, w.dims(), device)?);
+        out.insert(bname, Tensor::from_vec(bf, c, device)?);
+    }
+    Ok(out)
 }
 
 impl Model {
@@ -75,49 +128,7 @@ impl OptimizedModel {
     pub fn new(graph: &Graph, params: &HashMap<String, Tensor>, device: &Device, isa: Isa) -> Result<OptimizedModel> {
         let isa = isa.capped();
         let plan = passes::optimize(graph);
-        let mut out: HashMap<String, Tensor> = HashMap::new();
-        for (_, n) in plan.graph.nodes() {
-            for p in &n.params {
-                if let Some(t) = params.get(&p.name) {
-                    // A linear rewritten as a 1x1 conv takes its weight as `[out, in, 1, 1]`.
-                    let t = if t.dims() != p.shape.as_slice() && t.elem_count() == p.numel() { t.reshape(p.shape.as_slice())? } else { t.clone() };
-                    out.insert(p.name.clone(), t);
-                }
-            }
-        }
-        for f in &plan.scale_folds {
-            let s = vec1(params.get(&f.scale).ok_or_else(|| anyhow!("parameter `{}` is not loaded", f.scale))?)?;
-            for suffix in ["weight", "bias"] {
-                let name = format!("{}.{suffix}", f.conv);
-                let Some(t) = out.get(&name) else { continue };
-                let v = vec1(t)?;
-                if v.len() % s.len() != 0 {
-                    bail!("cannot fold `{}` into `{}`: {} channels against {:?}", f.scale, f.conv, s.len(), t.dims());
-                }
-                let per = v.len() / s.len();
-                let scaled: Vec<f32> = v.iter().enumerate().map(|(i, &x)| x * s[i / per]).collect();
-                let t = Tensor::from_vec(scaled, t.dims(), device)?;
-                out.insert(name, t);
-            }
-        }
-        for f in &plan.folds {
-            let node = plan.graph.node(f.node);
-            let (scale, shift) = bn_affine(params, &f.bn, f.eps)?;
-            let wname = format!("{}.weight", node.name);
-            let bname = format!("{}.bias", node.name);
-            let w = params.get(&wname).ok_or_else(|| anyhow!("parameter `{wname}` is not loaded"))?;
-            let c = scale.len();
-            if w.dim(0)? != c {
-                bail!("cannot fold `{}` into `{}`: {} channels against {:?}", f.bn, node.name, c, w.dims());
-            }
-            let wv = vec1(w)?;
-            let per = wv.len() / c;
-            let wf: Vec<f32> = wv.iter().enumerate().map(|(i, &x)| x * scale[i / per]).collect();
-            let b0 = if f.had_bias { vec1(params.get(&bname).ok_or_else(|| anyhow!("parameter `{bname}` is not loaded"))?)? } else { vec![0.0; c] };
-            let bf: Vec<f32> = b0.iter().zip(&scale).zip(&shift).map(|((&b, &s), &t)| b * s + t).collect();
-            out.insert(wname, Tensor::from_vec(wf, w.dims(), device)?);
-            out.insert(bname, Tensor::from_vec(bf, c, device)?);
-        }
+        let out = folded_params(&plan, params, device)?;
         let mut affine = HashMap::new();
         for (id, n) in plan.graph.nodes() {
             if let Op::BatchNorm { eps } = n.op {
@@ -146,12 +157,18 @@ impl OptimizedModel {
             }
         }
         let linears = if device.is_cpu() { pack_linears(&plan.graph, &out, isa)? } else { HashMap::new() };
-        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine, prologue, packed, linears, isa })
+        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine, prologue, packed, linears, isa, profile: false })
     }
 
     /// Runs the graph on `x` (NCHW) and returns the final output.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.forward_with(x, &[])?.0)
+    }
+
+    /// Whether the optimized graph holds the value of every node of `taps` (ids of the
+    /// original graph).
+    pub fn holds(&self, taps: &[NodeId]) -> bool {
+        taps.iter().all(|t| self.plan.map.get(t.index()).copied().flatten().is_some())
     }
 
     /// Runs the graph and also returns the values of `taps` (node ids of the *original*
@@ -161,20 +178,61 @@ impl OptimizedModel {
             .iter()
             .map(|t| self.plan.map.get(t.index()).copied().flatten().ok_or_else(|| anyhow!("node {} has no value in the optimized graph", t.index())))
             .collect::<Result<_>>()?;
-        run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, _, ins| self.eval(id, ins))
+        if !self.profile {
+            return run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, _, ins| self.eval(id, ins));
+        }
+        let mut ms = vec![f64::INFINITY; self.graph.graph.node_count()];
+        let out = run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, _, ins| self.eval_timed(id, ins, &mut ms))?;
+        eprint!("{}", self.profile_report(&ms));
+        Ok(out)
+    }
+
+    fn eval_timed(&self, id: NodeId, ins: &[Tensor], ms: &mut [f64]) -> Result<Tensor> {
+        let t0 = std::time::Instant::now();
+        let out = self.eval(id, ins)?;
+        ms[id.index()] = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(out)
     }
 
     /// Runs the graph on `x` and also returns the wall time of every node in ms (indexed by
     /// node of [`OptimizedModel::graph`]; 0 for the input).
     pub fn forward_timed(&self, x: &Tensor) -> Result<(Tensor, Vec<f64>)> {
         let mut ms = vec![0.0; self.graph.graph.node_count()];
-        let (y, _) = run_graph(&self.graph, &self.plan.last_use, x, &[], |id, _, ins| {
-            let t0 = std::time::Instant::now();
-            let out = self.eval(id, ins)?;
-            ms[id.index()] = t0.elapsed().as_secs_f64() * 1e3;
-            Ok(out)
-        })?;
+        let (y, _) = run_graph(&self.graph, &self.plan.last_use, x, &[], |id, _, ins| self.eval_timed(id, ins, &mut ms))?;
         Ok((y, ms))
+    }
+
+    /// Per op kind (see [`OptimizedModel::op_kind`]): the sum of `ms` (per node, as
+    /// [`OptimizedModel::forward_timed`] gives) over its nodes and the node count, slowest first.
+    pub fn profile_table(&self, ms: &[f64]) -> Vec<(String, f64, usize)> {
+        let mut rows: Vec<(String, f64, usize)> = Vec::new();
+        for (id, node) in self.graph.nodes() {
+            let t = ms[id.index()];
+            if !t.is_finite() || node.inputs.is_empty() {
+                continue;
+            }
+            let kind = self.op_kind(id);
+            match rows.iter_mut().find(|r| r.0 == kind) {
+                Some(r) => {
+                    r.1 += t;
+                    r.2 += 1;
+                }
+                None => rows.push((kind, t, 1)),
+            }
+        }
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        rows
+    }
+
+    /// [`OptimizedModel::profile_table`] as text: the total, then one line per op kind.
+    pub fn profile_report(&self, ms: &[f64]) -> String {
+        let rows = self.profile_table(ms);
+        let total: f64 = rows.iter().map(|r| r.1).sum();
+        let mut s = format!("{total:9.2} ms in all ({:?} kernels)\n", self.isa);
+        for (kind, t, n) in rows {
+            s += &format!("{t:9.2} ms {:5.1}% {n:5}x  {kind}\n", 100.0 * t / total);
+        }
+        s
     }
 
     /// A short description of what node `id` (of [`OptimizedModel::graph`]) computes, for
@@ -246,7 +304,7 @@ impl OptimizedModel {
         };
         match fast {
             Some(y) => Ok(y),
-            None => apply(act, exec::eval(&node.op, ins, &p)?),
+            None => Ok(exec::maybe_activation(act, exec::eval(&node.op, ins, &p)?)?),
         }
     }
 }
@@ -273,7 +331,7 @@ impl OptimizedModel {
         }
         let x = if parts > 1 { Tensor::cat(&ins[..parts], 1)? } else { ins[0].clone() };
         let x = match prologue {
-            Some((s, t, a)) => apply(*a, channel_affine_any(&x, s, t)?)?,
+            Some((s, t, a)) => exec::maybe_activation(*a, channel_affine_any(&x, s, t)?)?,
             None => x,
         };
         let x = match gate {
@@ -291,7 +349,7 @@ impl OptimizedModel {
             Some(r) => (y + r)?,
             None => y,
         };
-        apply(act, y)
+        Ok(exec::maybe_activation(act, y)?)
     }
 }
 
@@ -329,45 +387,24 @@ fn channel_affine_any(x: &Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor
     Ok(x.broadcast_mul(&s)?.broadcast_add(&t)?)
 }
 
-fn apply(act: Option<Activation>, x: Tensor) -> Result<Tensor> {
-    Ok(match act {
-        None => x,
-        Some(Activation::Relu) => x.relu()?,
-        Some(Activation::Relu6) => k::relu6(&x)?,
-        Some(Activation::LeakyRelu(s)) => k::leaky_relu(&x, s as f32)?,
-        Some(Activation::Silu) => k::silu(&x)?,
-        Some(Activation::Gelu) => k::gelu_erf(&x)?,
-        Some(Activation::HardSwish) => k::hard_swish(&x)?,
-        Some(Activation::HardSigmoid) => k::hard_sigmoid(&x)?,
-        Some(Activation::Sigmoid) => k::sigmoid(&x)?,
-        Some(Activation::Tanh) => x.tanh()?,
-    })
-}
-
-/// `nn.MultiheadAttention` self-attention (batch first) with the fast linear layers.
-/// `packed(weight suffix)`: the packed weights of a projection, when there are.
+/// `nn.MultiheadAttention` self-attention (batch first) with the fast linear layers and
+/// the fused attention kernel. `packed(weight suffix)`: the packed weights of a projection,
+/// when there are.
 fn self_attention<'a>(x: &Tensor, heads: usize, p: &dyn ParamSource, packed: &dyn Fn(&str) -> Option<&'a PackedWeights>, isa: Isa) -> Result<Tensor> {
-    let lin = |x: &Tensor, w: &str, b: &str| -> Result<Tensor> {
-        if let Some(y) = packed(w).map(|pw| fast::linear_packed(x, pw, None)).transpose()?.flatten() {
-            return Ok(y);
+    let lin = |x: &Tensor, w: &str, b: &str| -> candle_core::Result<Tensor> {
+        if let Some(pw) = packed(w) {
+            if let Some(y) = fast::linear_packed(x, pw, None)? {
+                return Ok(y);
+            }
         }
         let (w, b) = (p.param(w)?, p.param(b)?);
-        Ok(match fast::linear(x, w, Some(b), None, isa)? {
-            Some(y) => y,
-            None => exec::linear(x, w, Some(b))?,
-        })
+        match fast::linear(x, w, Some(b), None, isa)? {
+            Some(y) => Ok(y),
+            None => exec::linear(x, w, Some(b)),
+        }
     };
-    let (n, l, d) = x.dims3()?;
-    let hd = d / heads;
-    let qkv = lin(x, "in_proj_weight", "in_proj_bias")?;
-    if let Some(o) = fast::attention_qkv(&qkv, heads, isa)? {
-        return lin(&o, "out_proj.weight", "out_proj.bias");
-    }
-    let split = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i * d, d)?.reshape((n, l, heads, hd))?.transpose(1, 2)?.contiguous()?) };
-    let (q, kk, v) = (split(0)?, split(1)?, split(2)?);
-    let o = k::attention(&q, &kk, &v, None)?;
-    let o = o.transpose(1, 2)?.reshape((n, l, d))?;
-    lin(&o, "out_proj.weight", "out_proj.bias")
+    let fused = |qkv: &Tensor| fast::attention_qkv(qkv, heads, isa);
+    Ok(exec::self_attention_with(x, heads, &lin, &fused)?)
 }
 
 #[cfg(test)]

@@ -22,12 +22,39 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared` beside the repository. The tests that use it need it: a missing `../shared`
-/// fails them (never a silent pass); the `Option` keeps the callers' `let Some(..)` shape.
+/// Set to `1` to skip the tests that need `../shared` (they pass with a note) instead of
+/// failing them; nothing else skips them.
+pub const SKIP_SHARED: &str = "TLC_SKIP_SHARED";
+
+/// `../shared` beside the repository (see [`shared_path`]).
 pub fn shared() -> Option<PathBuf> {
-    let p = root().join("../shared");
-    assert!(p.is_dir(), "this test needs ../shared beside the repository ({} is missing)", p.display());
-    Some(p)
+    shared_path("")
+}
+
+/// `../shared/<rel>` beside the repository, which the calling test needs: `Some` when it
+/// exists; when it does not, a failure that says where to get it, or `None` (the test returns,
+/// saying it skipped) when the run opted out with `TLC_SKIP_SHARED=1`.
+pub fn shared_path(rel: &str) -> Option<PathBuf> {
+    let p = root().join("../shared").join(rel);
+    require_shared(p, std::env::var(SKIP_SHARED).is_ok_and(|v| v == "1"))
+}
+
+/// [`shared_path`]'s rule for a path `p` and the opt-out `skip`.
+pub fn require_shared(p: PathBuf, skip: bool) -> Option<PathBuf> {
+    if p.exists() {
+        return Some(p);
+    }
+    if skip {
+        eprintln!("skipped ({SKIP_SHARED}=1): {} is missing", p.display());
+        return None;
+    }
+    panic!(
+        "this test needs {}: ../shared beside the repository holds the parity fixtures and real assets every \
+         developer and CI run have (shared/README.md; fixtures regenerate with shared/parity/make_fixtures.py, \
+         assets are listed with their sources in shared/assets/PROVENANCE.md). Put it there, or set {SKIP_SHARED}=1 \
+         to skip the tests that need it.",
+        p.display()
+    )
 }
 
 /// Each parity fixture and the spec (and variant) that must match it.

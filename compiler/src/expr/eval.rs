@@ -123,9 +123,12 @@ pub fn eval(e: &Expr, env: &Env) -> Result<Value, Diagnostic> {
         ExprKind::Var(name) => match env.get(name) {
             Some(v) => v.clone(),
             None => {
+                let block_only = matches!(name.as_str(), "in_shape" | "in_channels")
+                    .then(|| format!("`{name}` exists only inside a block: it describes the block's input"));
                 return Err(err(span, format!("unknown variable `{name}`"))
                     .label("not defined here")
-                    .maybe_hint(did_you_mean(name, env.names())))
+                    .maybe_hint(block_only)
+                    .maybe_hint(did_you_mean(name, env.names())));
             }
         },
         ExprKind::Ref(name) => return Err(err(span, format!("`@{name}` refers to a node and cannot be used as a number"))),
@@ -165,7 +168,9 @@ pub fn eval(e: &Expr, env: &Env) -> Result<Value, Diagnostic> {
                     let n = l.len() as i64;
                     let k2 = if *k < 0 { n + k } else { *k };
                     if k2 < 0 || k2 >= n {
-                        return Err(err(i.span, format!("index {k} is out of range for a list of {n}")));
+                        let shape_hint = matches!(&a.kind, ExprKind::Var(v) if v == "in_shape")
+                            .then(|| format!("`in_shape` is the block input's shape per sample, here {list}: `in_shape[0]` is its first dim (channels of a [C, H, W] map)"));
+                        return Err(err(i.span, format!("index {k} is out of range for a list of {n}")).maybe_hint(shape_hint));
                     }
                     l[k2 as usize].clone()
                 }

@@ -11,18 +11,20 @@ impl Lowerer {
         let out = match name {
             Some(n) => {
                 ctx.next_index();
-                self.step_named(s, n, inputs, ctx)
+                self.step_named(s, n, inputs, ctx, ScopeOrigin::NamedCall)
             }
             None => {
                 let n = ctx.next_index();
-                self.step_named(s, n, inputs, ctx)
+                self.step_named(s, n, inputs, ctx, ScopeOrigin::UnnamedCall)
             }
         };
         ctx.record(s.name.as_ref().map(|(n, _)| n.as_str()), out);
         out
     }
 
-    pub(super) fn step_named(&mut self, s: &Step, name: String, inputs: Vec<NodeId>, ctx: &Ctx) -> NodeId {
+    /// A chain step named `name`; a block call opens a scope of that name (`origin` says how
+    /// the name came about).
+    pub(super) fn step_named(&mut self, s: &Step, name: String, inputs: Vec<NodeId>, ctx: &Ctx, origin: ScopeOrigin) -> NodeId {
         let (callee, callee_span, args, kwargs): (&str, Span, &[Expr], &[(String, Span, Expr)]) = match &s.expr.kind {
             ExprKind::Var(v) => (v, s.expr.span, &[], &[]),
             ExprKind::Call(c) => (&c.name, c.name_span, &c.args, &c.kwargs),
@@ -52,7 +54,7 @@ impl Lowerer {
             }
         }
         if let Some(b) = self.blocks.get(callee).cloned() {
-            return self.instantiate(&b, callee_span, s.expr.span, pos, kwargs, name, inputs, ctx);
+            return self.instantiate(&b, callee_span, s.expr.span, pos, kwargs, name, origin, inputs, ctx);
         }
         let mut kw = Vec::new();
         for (k, ks, e) in kwargs {
@@ -88,6 +90,7 @@ impl Lowerer {
         }
     }
 
+    /// Expands block `b` as the scope `name` (opened as `origin` says).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn instantiate(
         &mut self,
@@ -97,6 +100,7 @@ impl Lowerer {
         pos: Vec<(Value, Span)>,
         kwargs: &[(String, Span, Expr)],
         name: String,
+        origin: ScopeOrigin,
         inputs: Vec<NodeId>,
         ctx: &Ctx,
     ) -> NodeId {
@@ -109,9 +113,11 @@ impl Lowerer {
             return self.poison(inputs[0], call_span, ctx);
         }
         let mut env = ctx.env.clone();
-        // `in_channels`: channels of the block input (1 while unknown, so errors do not cascade).
-        let c = self.graph[inputs[0]].shape.as_ref().and_then(|s| s.first().copied()).unwrap_or(1);
-        env.set("in_channels", Value::Int(c as i64));
+        // `in_channels` and `in_shape`: the block input's channels and per-sample shape (1 and
+        // [1, 1, 1] while unknown, so errors do not cascade).
+        let shape = self.graph[inputs[0]].shape.clone().unwrap_or_else(|| vec![1, 1, 1]);
+        env.set("in_channels", Value::Int(shape.first().copied().unwrap_or(1) as i64));
+        env.set("in_shape", Value::List(shape.iter().map(|&d| Value::Int(d as i64)).collect()));
         if pos.len() > b.params.len() {
             self.error(
                 Diagnostic::error("E0203", pos[b.params.len()].1, format!("block `{}` takes {} argument(s), found {}", b.name, b.params.len(), pos.len()))
@@ -166,7 +172,7 @@ impl Lowerer {
             depth: ctx.depth + 1,
         };
         let out = self.body(&b.body, inputs[0], &sub);
-        self.scopes.push(Scope { name: path, output: out, block: Some(b.name.clone()) });
+        self.scopes.push(Scope { name: path, output: out, block: Some(b.name.clone()), origin, span: call_span });
         out
     }
 

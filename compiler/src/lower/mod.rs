@@ -4,7 +4,7 @@
 
 use crate::diag::{did_you_mean, Diagnostic, Frame};
 use crate::expr::{eval, parse_chain, render_template, Env, Expr, ExprKind, Step, Value};
-use crate::ir::{Node, NodeId, Op, Param, Scope};
+use crate::ir::{Node, NodeId, Op, Param, Scope, ScopeOrigin};
 use crate::ops::{self, Args};
 use crate::spec::BlockDef;
 use crate::span::Span;
@@ -137,7 +137,7 @@ impl Lowerer {
     fn error(&mut self, d: Diagnostic, ctx: &Ctx) {
         let mut d = d;
         if d.trace.is_empty() {
-            d.trace = ctx.trace.clone();
+            d.trace = ctx.trace.clone().into_boxed_slice();
         }
         if self.diags.len() < 200 {
             self.diags.push(d);
@@ -229,28 +229,7 @@ impl Lowerer {
             self.param_order.push((ctx.scope.clone(), names));
             return cur;
         }
-        let mut name_entry: Option<(&Yaml, &Yaml)> = None;
-        for (k, v) in entries {
-            let Some(key) = k.scalar_text() else {
-                self.error(Diagnostic::error("E0010", k.span, "expected a name as key"), ctx);
-                continue;
-            };
-            if !ITEM_KEYS.contains(&key.as_str()) {
-                if let Some((prev, _)) = name_entry {
-                    let hint = did_you_mean(&key, ITEM_KEYS.iter().copied());
-                    self.error(
-                        Diagnostic::error("E0303", k.span, format!("an item has one name, found a second key `{key}`"))
-                            .label("second name")
-                            .with_label(prev.span, "first name")
-                            .maybe_hint(hint)
-                            .hint("write each layer as its own list item (`- name: layer`)"),
-                        ctx,
-                    );
-                    return self.poison(cur, item.span, ctx);
-                }
-                name_entry = Some((k, v));
-            }
-        }
+        let Some(name_entry) = self.item_name(entries, ctx) else { return self.poison(cur, item.span, ctx) };
         // Explicit inputs.
         let inputs = match get("from") {
             Some(f) => match self.refs(f, ctx) {
@@ -260,48 +239,70 @@ impl Lowerer {
             None => vec![cur],
         };
         let pattern = ["repeat", "dense", "residual", "branches", "if", "side"].into_iter().find(|k| get(k).is_some());
-        let allowed: &[&str] = match pattern {
-            Some("repeat") => &["repeat", "as", "name", "do", "from"],
-            Some("dense") => &["dense", "as", "name", "do", "sees", "start", "from"],
-            Some("residual") => &["residual", "skip", "post", "from"],
-            Some("branches") => &["branches", "join", "post", "from"],
-            Some("if") => &["if", "then", "else", "from"],
-            Some("side") => &["side", "from"],
-            _ => &["do", "from"],
-        };
-        if let (Some(p), Some((k, v))) = (pattern, name_entry) {
-            let key = k.scalar_text().unwrap_or_default();
-            let d = if matches!(v.kind, crate::yaml::Kind::Null) {
-                // `- layer1:` followed by the pattern's keys at the same indentation.
-                Diagnostic::error("E0303", k.span, format!("a `{p}` item cannot also be named `{key}`"))
-                    .label("a name")
-                    .hint(format!("indent the pattern under `{key}:` to make it a named scope, or give the pattern's `do:` a `name:` template"))
-            } else {
-                Diagnostic::error("E0304", k.span, format!("`{key}` is not a key of a `{p}` item"))
-                    .label("unknown key")
-                    .maybe_hint(did_you_mean(&key, allowed.iter().copied()))
-                    .hint(format!("a `{p}` item takes: {}", allowed.join(", ")))
-            };
+        if let Err(d) = check_item_keys(pattern, name_entry, entries) {
             self.error(d, ctx);
             return self.poison(cur, item.span, ctx);
         }
-        for (k, _) in entries {
-            if let Some(key) = k.as_str() {
-                if ITEM_KEYS.contains(&key) && !allowed.contains(&key) {
-                    self.error(
-                        Diagnostic::error("E0304", k.span, format!("`{key}` does not belong in this item"))
-                            .label("unexpected key")
-                            .hint(format!("this item takes: {}", allowed.join(", "))),
-                        ctx,
-                    );
-                    return self.poison(cur, item.span, ctx);
-                }
+        let out = match (pattern, name_entry) {
+            (Some(p), _) => self.pattern(p, item, entries, inputs, cur, ctx),
+            (None, Some((k, v))) => {
+                return match render_template(&k.scalar_text().unwrap_or_default(), k.span, &ctx.env) {
+                    Ok(name) => self.named(&name, k.span, v, inputs, ctx, false),
+                    Err(d) => {
+                        self.error(d, ctx);
+                        self.poison(cur, k.span, ctx)
+                    }
+                };
             }
+            (None, None) => match get("do") {
+                Some(d) => self.unnamed_with_inputs(d, inputs, ctx),
+                None => {
+                    self.error(Diagnostic::error("E0305", item.span, "this item has no layer").hint("add `do: layer` or `name: layer`"), ctx);
+                    cur
+                }
+            },
+        };
+        ctx.record(None, out);
+        out
+    }
+
+    /// The item's name entry (its one key that is not a pattern key), `Some(None)` when it has
+    /// none, `None` (reported) when it has two.
+    fn item_name<'y>(&mut self, entries: &'y [(Yaml, Yaml)], ctx: &Ctx) -> Option<Option<(&'y Yaml, &'y Yaml)>> {
+        let mut name_entry: Option<(&Yaml, &Yaml)> = None;
+        for (k, v) in entries {
+            let Some(key) = k.scalar_text() else {
+                self.error(Diagnostic::error("E0010", k.span, "expected a name as key"), ctx);
+                continue;
+            };
+            if ITEM_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            if let Some((prev, _)) = name_entry {
+                let hint = did_you_mean(&key, ITEM_KEYS.iter().copied());
+                self.error(
+                    Diagnostic::error("E0303", k.span, format!("an item has one name, found a second key `{key}`"))
+                        .label("second name")
+                        .with_label(prev.span, "first name")
+                        .maybe_hint(hint)
+                        .hint("write each layer as its own list item (`- name: layer`)"),
+                    ctx,
+                );
+                return None;
+            }
+            name_entry = Some((k, v));
         }
-        let out = match pattern {
-            Some("repeat") | Some("dense") => self.repeat(pattern.unwrap() == "dense", item, entries, inputs[0], ctx),
-            Some("residual") => {
-                let x = inputs[0];
+        Some(name_entry)
+    }
+
+    /// Expands a pattern item (`repeat`, `dense`, `residual`, `branches`, `if`, `side`) on
+    /// its first input.
+    fn pattern(&mut self, pattern: &str, item: &Yaml, entries: &[(Yaml, Yaml)], inputs: Vec<NodeId>, cur: NodeId, ctx: &Ctx) -> NodeId {
+        let get = |k: &str| entry(entries, k);
+        let x = inputs[0];
+        match pattern {
+            "repeat" | "dense" => self.repeat(pattern == "dense", item, entries, x, ctx),
+            "residual" => {
                 let a = self.body(get("residual").unwrap(), x, ctx);
                 let b = match get("skip") {
                     Some(s) => self.body(s, x, ctx),
@@ -313,46 +314,22 @@ impl Lowerer {
                     None => s,
                 }
             }
-            Some("branches") => self.branches(get("branches").unwrap(), get("join"), get("post"), inputs[0], ctx),
-            Some("if") => {
+            "branches" => self.branches(get("branches").unwrap(), get("join"), get("post"), x, ctx),
+            "if" => {
                 let c = get("if").unwrap();
                 match self.eval_node(c, ctx) {
-                    Some(v) => {
-                        if v.truthy() {
-                            get("then").map(|t| self.body(t, inputs[0], ctx)).unwrap_or(inputs[0])
-                        } else {
-                            get("else").map(|e| self.body(e, inputs[0], ctx)).unwrap_or(inputs[0])
-                        }
-                    }
+                    Some(v) => match get(if v.truthy() { "then" } else { "else" }) {
+                        Some(body) => self.body(body, x, ctx),
+                        None => x,
+                    },
                     None => self.poison(cur, c.span, ctx),
                 }
             }
-            Some("side") => {
-                self.body(get("side").unwrap(), inputs[0], ctx);
+            _ => {
+                self.body(get("side").unwrap(), x, ctx);
                 cur
             }
-            _ => match name_entry {
-                Some((k, v)) => {
-                    let name = match render_template(&k.scalar_text().unwrap_or_default(), k.span, &ctx.env) {
-                        Ok(n) => n,
-                        Err(d) => {
-                            self.error(d, ctx);
-                            return self.poison(cur, k.span, ctx);
-                        }
-                    };
-                    return self.named(&name, k.span, v, inputs, ctx);
-                }
-                None => match get("do") {
-                    Some(d) => self.unnamed_with_inputs(d, inputs, ctx),
-                    None => {
-                        self.error(Diagnostic::error("E0305", item.span, "this item has no layer").hint("add `do: layer` or `name: layer`"), ctx);
-                        cur
-                    }
-                },
-            },
-        };
-        ctx.record(None, out);
-        out
+        }
     }
 
     fn unnamed_with_inputs(&mut self, d: &Yaml, inputs: Vec<NodeId>, ctx: &Ctx) -> NodeId {
@@ -377,12 +354,18 @@ impl Lowerer {
         }
     }
 
-    /// `name: value`: a single layer named `name`, or a sub-scope for a chain or a body.
-    fn named(&mut self, name: &str, name_span: Span, v: &Yaml, inputs: Vec<NodeId>, ctx: &Ctx) -> NodeId {
+    /// `name: value`: a single layer named `name`, or a sub-scope for a chain or a body;
+    /// `repeat_name` when the name is a `repeat`'s `name:` template.
+    fn named(&mut self, name: &str, name_span: Span, v: &Yaml, inputs: Vec<NodeId>, ctx: &Ctx, repeat_name: bool) -> NodeId {
         ctx.next_index();
+        let (call_origin, origin) = if repeat_name {
+            (ScopeOrigin::RepeatName, ScopeOrigin::RepeatName)
+        } else {
+            (ScopeOrigin::NamedCall, ScopeOrigin::NamedItem)
+        };
         let out = match &v.kind {
             Kind::Str(text) => match parse_chain(text, v.span) {
-                Ok(steps) if steps.len() == 1 && steps[0].name.is_none() => self.step_named(&steps[0], name.to_string(), inputs, ctx),
+                Ok(steps) if steps.len() == 1 && steps[0].name.is_none() => self.step_named(&steps[0], name.to_string(), inputs, ctx, call_origin),
                 Ok(steps) => {
                     let sub = ctx.child_scope(name);
                     let mut ins = inputs;
@@ -392,7 +375,7 @@ impl Lowerer {
                         c = self.step(s, n, std::mem::take(&mut ins), &sub);
                         ins = vec![c];
                     }
-                    self.scopes.push(Scope { name: sub.scope.clone(), output: c, block: None });
+                    self.scopes.push(Scope { name: sub.scope.clone(), output: c, block: None, origin, span: name_span });
                     c
                 }
                 Err(d) => {
@@ -409,7 +392,7 @@ impl Lowerer {
                 let mut sub = sub;
                 sub.inputs = inputs.clone();
                 let c = self.body(v, inputs[0], &sub);
-                self.scopes.push(Scope { name: sub.scope.clone(), output: c, block: None });
+                self.scopes.push(Scope { name: sub.scope.clone(), output: c, block: None, origin, span: name_span });
                 c
             }
         };
@@ -417,6 +400,48 @@ impl Lowerer {
         out
     }
 
+}
+
+/// The keys a pattern item takes (`None`: a named or `do:` item).
+fn pattern_keys(pattern: Option<&str>) -> &'static [&'static str] {
+    match pattern {
+        Some("repeat") => &["repeat", "as", "name", "do", "from"],
+        Some("dense") => &["dense", "as", "name", "do", "sees", "start", "from"],
+        Some("residual") => &["residual", "skip", "post", "from"],
+        Some("branches") => &["branches", "join", "post", "from"],
+        Some("if") => &["if", "then", "else", "from"],
+        Some("side") => &["side", "from"],
+        _ => &["do", "from"],
+    }
+}
+
+/// A pattern item cannot also be named, and no item takes another kind's keys.
+fn check_item_keys(pattern: Option<&str>, name_entry: Option<(&Yaml, &Yaml)>, entries: &[(Yaml, Yaml)]) -> Result<(), Diagnostic> {
+    let allowed = pattern_keys(pattern);
+    if let (Some(p), Some((k, v))) = (pattern, name_entry) {
+        let key = k.scalar_text().unwrap_or_default();
+        return Err(if matches!(v.kind, Kind::Null) {
+            // `- layer1:` followed by the pattern's keys at the same indentation.
+            Diagnostic::error("E0303", k.span, format!("a `{p}` item cannot also be named `{key}`"))
+                .label("a name")
+                .hint(format!("indent the pattern under `{key}:` to make it a named scope, or give the pattern's `do:` a `name:` template"))
+        } else {
+            Diagnostic::error("E0304", k.span, format!("`{key}` is not a key of a `{p}` item"))
+                .label("unknown key")
+                .maybe_hint(did_you_mean(&key, allowed.iter().copied()))
+                .hint(format!("a `{p}` item takes: {}", allowed.join(", ")))
+        });
+    }
+    for (k, _) in entries {
+        if let Some(key) = k.as_str() {
+            if ITEM_KEYS.contains(&key) && !allowed.contains(&key) {
+                return Err(Diagnostic::error("E0304", k.span, format!("`{key}` does not belong in this item"))
+                    .label("unexpected key")
+                    .hint(format!("this item takes: {}", allowed.join(", "))));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn entry<'a>(entries: &'a [(Yaml, Yaml)], key: &str) -> Option<&'a Yaml> {

@@ -43,7 +43,7 @@ impl Lowerer {
             };
             c = match get("name") {
                 Some(t) => match render_template(&t.scalar_text().unwrap_or_default(), t.span, &sub.env) {
-                    Ok(name) => self.named(&name, t.span, body, vec![input], &sub),
+                    Ok(name) => self.named(&name, t.span, body, vec![input], &sub, true),
                     Err(d) => {
                         self.error(d, ctx);
                         return self.poison(cur, t.span, ctx);

@@ -5,7 +5,7 @@ use crate::diag::Diagnostic;
 use crate::ir::{Activation, Op};
 
 /// Names of the activation ops.
-pub const NAMES: &[&str] = &["relu", "relu6", "leaky_relu", "silu", "gelu", "hardswish", "hardsigmoid", "sigmoid", "tanh", "softmax"];
+pub const NAMES: &[&str] = &["relu", "relu6", "leaky_relu", "silu", "gelu", "hardswish", "hardsigmoid", "sigmoid", "tanh", "mish", "softmax"];
 
 pub(super) fn build(name: &str, a: &mut Args) -> Result<Op, Diagnostic> {
     Ok(Op::Act(match name {
@@ -18,6 +18,7 @@ pub(super) fn build(name: &str, a: &mut Args) -> Result<Op, Diagnostic> {
         "hardsigmoid" => Activation::HardSigmoid,
         "sigmoid" => Activation::Sigmoid,
         "tanh" => Activation::Tanh,
+        "mish" => Activation::Mish,
         _ => {
             let (v, s) = a.take(&["dim", "axis"]).unwrap_or((crate::expr::Value::Int(-1), a.span));
             let crate::expr::Value::Int(axis) = v else {

@@ -25,7 +25,11 @@ pub(super) fn build(name: &str, a: &mut Args) -> Result<Op, Diagnostic> {
         _ => return Err(Diagnostic::error("E0201", a.span, "missing argument `anchors` of `yolo_head`")),
     };
     let mask = a.ints(&["mask"], false)?.into_iter().map(|m| m.max(0) as usize).collect();
-    Ok(Op::YoloHead { classes, anchors, mask })
+    let scale_xy = a.float(&["scale_xy", "scale_x_y"], 1.0)?;
+    if !(scale_xy.is_finite() && scale_xy > 0.0) {
+        return Err(Diagnostic::error("E0202", a.span, format!("`scale_xy` must be a positive number, found {scale_xy}")));
+    }
+    Ok(Op::YoloHead { classes, anchors, mask, scale_xy })
 }
 
 pub(super) fn infer(op: &Op, ins: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
@@ -47,7 +51,7 @@ pub(super) fn infer(op: &Op, ins: &[&[usize]]) -> Result<Vec<usize>, ShapeError>
             }
             Ok(vec![4 + classes, n])
         }
-        Op::YoloHead { classes, mask, anchors } => {
+        Op::YoloHead { classes, mask, anchors, .. } => {
             let x = ins[0];
             if mask.iter().any(|&m| m >= anchors.len()) {
                 return Err(ShapeError::new(format!("anchor mask {mask:?} refers past the {} anchors", anchors.len())));

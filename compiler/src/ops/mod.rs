@@ -13,6 +13,8 @@ mod tensor;
 mod transformer;
 
 pub use args::Args;
+pub use tensor::reshape_dims;
+pub use transformer::{relative_position_index, shift_mask, window_shifts};
 
 use crate::diag::Diagnostic;
 use crate::ir::{Op, ParamKind};
@@ -33,6 +35,7 @@ pub const OPS: &[(&str, &str)] = &[
     ("hardsigmoid", "hard sigmoid"),
     ("sigmoid", "sigmoid"),
     ("tanh", "tanh"),
+    ("mish", "mish: x * tanh(softplus(x))"),
     ("softmax", "softmax(dim=-1)"),
     ("linear", "linear(out, bias=true) on the last dim"),
     ("maxpool", "maxpool(k, s=k, p=0|\"same\", d=1, ceil=false)"),
@@ -41,7 +44,7 @@ pub const OPS: &[(&str, &str)] = &[
     ("global_avgpool", "global average pool to [C,1,1]"),
     ("global_maxpool", "global max pool to [C,1,1]"),
     ("flatten", "flatten(start=1)"),
-    ("reshape", "reshape(d0, d1, ...) per sample (batch kept), one dim may be -1"),
+    ("reshape", "reshape(d0, d1, ...) per sample (batch kept): one dim may be -1, 0 keeps the input's dim there"),
     ("permute", "permute(0, ...) with PyTorch dims, batch first"),
     ("select", "select(dim, index): take one index and drop the dim"),
     ("dropout", "dropout(p=0.5): identity at inference"),
@@ -61,7 +64,7 @@ pub const OPS: &[(&str, &str)] = &[
     ("window_attention", "window_attention(heads, window=7, shift=0): Swin attention on [H, W, C]"),
     ("patch_merge", "Swin patch merging [H,W,C] -> [H/2,W/2,4C]"),
     ("detect_v8", "detect_v8(classes, reg_max=16, strides=[8,16,32]): YOLOv8 decode"),
-    ("yolo_head", "yolo_head(classes, anchors, mask): darknet YOLO output layer"),
+    ("yolo_head", "yolo_head(classes, anchors, mask, scale_xy=1): darknet YOLO output layer"),
 ];
 
 /// True if `name` is a primitive op.

@@ -57,6 +57,39 @@ fn sample_dim(dim: usize, rank: usize, what: &str) -> Result<usize, ShapeError> 
     Ok(dim - 1)
 }
 
+/// The per-sample shape `reshape(dims)` gives an input of per-sample shape `x`, with ONNX
+/// semantics: a 0 keeps the input's dim at the same position, one -1 takes what is left.
+/// Shared by the shape checker and the runtime.
+pub fn reshape_dims(dims: &[isize], x: &[usize]) -> Result<Vec<usize>, ShapeError> {
+    let total: usize = x.iter().product();
+    if dims.iter().filter(|&&d| d == -1).count() > 1 || dims.iter().any(|&d| d < -1) {
+        return Err(ShapeError::new(format!("invalid reshape dims {dims:?}: use sizes, 0 (keep) and at most one -1"))
+            .hint("-1 takes the size that is left; 0 keeps the input's dim at that position"));
+    }
+    let mut out = Vec::with_capacity(dims.len());
+    for (i, &d) in dims.iter().enumerate() {
+        out.push(match d {
+            0 => *x.get(i).ok_or_else(|| {
+                ShapeError::new(format!("reshape dim {i} is 0 (keep the input's dim {i}), but the input {} has only {} dims", fmt_shape(x), x.len()))
+                    .hint("0 copies the input's dim at the same position; write the size here (`in_shape[k]` inside a block)")
+            })?,
+            -1 => 0,
+            d => d as usize,
+        });
+    }
+    if let Some(wild) = dims.iter().position(|&d| d == -1) {
+        let known: usize = out.iter().filter(|&&d| d > 0).product();
+        if known == 0 || !total.is_multiple_of(known) {
+            return Err(ShapeError::new(format!("cannot reshape {} ({total} elements) to {dims:?}: {total} is not a multiple of {known}", fmt_shape(x))));
+        }
+        out[wild] = total / known;
+    }
+    if out.iter().product::<usize>() != total {
+        return Err(ShapeError::new(format!("cannot reshape {} ({total} elements) to {dims:?} ({} elements)", fmt_shape(x), out.iter().product::<usize>())));
+    }
+    Ok(out)
+}
+
 pub(super) fn infer(op: &Op, ins: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
     let x = ins[0];
     match op {
@@ -66,19 +99,7 @@ pub(super) fn infer(op: &Op, ins: &[&[usize]]) -> Result<Vec<usize>, ShapeError>
             out.push(x[s..].iter().product());
             Ok(out)
         }
-        Op::Reshape { dims } => {
-            let total: usize = x.iter().product();
-            let known: usize = dims.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
-            let wild = dims.iter().filter(|&&d| d == -1).count();
-            if dims.iter().any(|&d| d == 0 || d < -1) || wild > 1 {
-                return Err(ShapeError::new(format!("invalid reshape dims {dims:?}: use positive sizes and at most one -1")));
-            }
-            let out: Vec<usize> = dims.iter().map(|&d| if d == -1 { if known == 0 { 0 } else { total / known } } else { d as usize }).collect();
-            if out.iter().product::<usize>() != total {
-                return Err(ShapeError::new(format!("cannot reshape {} ({} elements) to {dims:?}", fmt_shape(x), total)));
-            }
-            Ok(out)
-        }
+        Op::Reshape { dims } => reshape_dims(dims, x),
         Op::Permute { perm } => {
             let mut sorted = perm.clone();
             sorted.sort();
@@ -159,5 +180,62 @@ pub(super) fn infer(op: &Op, ins: &[&[usize]]) -> Result<Vec<usize>, ShapeError>
             Ok(vec![x[0], x[1] + pad[0] + pad[1], x[2] + pad[2] + pad[3]])
         }
         _ => unreachable!("not a tensor op"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reshape_dims;
+    use crate::span::MemoryLoader;
+    use crate::{compile, Options};
+
+    fn compile_spec(body: &str) -> crate::Compiled {
+        let text = format!("name: t\ninput: [8, 4, 6]\n{body}");
+        let loader = MemoryLoader([("t.yaml".to_string(), text)].into_iter().collect());
+        compile("t.yaml", &loader, &Options::default())
+    }
+
+    fn output_shape(body: &str) -> Vec<usize> {
+        let c = compile_spec(body);
+        let g = c.graph.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+        g.node(g.output).shape.clone().unwrap()
+    }
+
+    #[test]
+    fn reshape_zero_keeps_the_input_dim_at_its_position() {
+        assert_eq!(reshape_dims(&[0, -1], &[8, 4, 6]).unwrap(), [8, 24]);
+        assert_eq!(reshape_dims(&[2, -1, 0], &[8, 4, 6]).unwrap(), [2, 16, 6]);
+        assert_eq!(reshape_dims(&[0, 0, 0], &[8, 4, 6]).unwrap(), [8, 4, 6]);
+        assert_eq!(reshape_dims(&[-1], &[8, 4, 6]).unwrap(), [192]);
+        assert_eq!(output_shape("graph:\n  - reshape(0, -1)\n"), [8, 24]);
+    }
+
+    #[test]
+    fn reshape_misuse_is_explained() {
+        let e = reshape_dims(&[0, 0, 0, 0], &[8, 4, 6]).unwrap_err();
+        assert!(e.message.contains("reshape dim 3 is 0") && e.message.contains("only 3 dims"), "{}", e.message);
+        assert!(reshape_dims(&[-1, -1], &[8, 4, 6]).unwrap_err().message.contains("at most one -1"));
+        assert!(reshape_dims(&[5, -1], &[8, 4, 6]).unwrap_err().message.contains("not a multiple of 5"));
+        assert!(reshape_dims(&[0, 5], &[8, 4, 6]).unwrap_err().message.contains("(40 elements)"));
+        let c = compile_spec("graph:\n  - reshape(0, 0, 0, 0)\n");
+        assert_eq!(c.diagnostics[0].code, "E0310", "{:?}", c.diagnostics);
+    }
+
+    #[test]
+    fn in_shape_is_the_block_input_shape() {
+        let shuffle = "blocks:\n  shuffle(g=2): reshape(g, in_channels // g, in_shape[1], in_shape[2]) -> permute(0, 2, 1, 3, 4) -> reshape(in_shape)\n";
+        assert_eq!(output_shape(&format!("{shuffle}graph:\n  - shuffle(2)\n")), [8, 4, 6]);
+        let probe = "blocks:\n  probe(): conv(in_shape[0] + in_shape[1] + in_shape[2] + len(in_shape), k=1)\n";
+        assert_eq!(output_shape(&format!("{probe}graph:\n  - maxpool(2)\n  - probe()\n")), [8 + 2 + 3 + 3, 2, 3]);
+    }
+
+    #[test]
+    fn in_shape_misuse_is_explained() {
+        let c = compile_spec("graph:\n  - conv(in_shape[0], k=1)\n");
+        let d = &c.diagnostics[0];
+        assert!(d.message.contains("unknown variable `in_shape`") && d.hints[0].contains("only inside a block"), "{d:?}");
+        let c = compile_spec("blocks:\n  b(): conv(in_shape[3], k=1)\ngraph:\n  - b()\n");
+        let d = &c.diagnostics[0];
+        assert!(d.message.contains("index 3 is out of range for a list of 3") && d.hints[0].contains("[8, 4, 6]"), "{d:?}");
     }
 }

@@ -104,3 +104,61 @@ pub(super) fn params(op: &Op, x: &[usize]) -> Vec<(String, Vec<usize>, ParamKind
         _ => Vec::new(),
     }
 }
+
+/// torchvision's relative position index for a `w x w` window, flattened (`w^2 * w^2`
+/// indices into the `(2w-1)^2` rows of `relative_position_bias_table`).
+pub fn relative_position_index(w: usize) -> Vec<u32> {
+    let n = w * w;
+    let mut idx = Vec::with_capacity(n * n);
+    for a in 0..n {
+        for b in 0..n {
+            let (ha, wa) = (a / w, a % w);
+            let (hb, wb) = (b / w, b % w);
+            let dh = ha as isize - hb as isize + w as isize - 1;
+            let dw = wa as isize - wb as isize + w as isize - 1;
+            idx.push((dh * (2 * w as isize - 1) + dw) as u32);
+        }
+    }
+    idx
+}
+
+/// The effective shifts of a Swin window attention on a padded `ph x pw` map: no shift along
+/// an axis the window already covers (torchvision).
+pub fn window_shifts(ph: usize, pw: usize, window: usize, shift: usize) -> (usize, usize) {
+    (if window >= ph { 0 } else { shift }, if window >= pw { 0 } else { shift })
+}
+
+/// Swin's attention mask for shifted windows on a padded `ph x pw` map rolled by `(s0, s1)`:
+/// `(num_windows, t, t)` values, 0 within a region and -100 across regions (t = window^2).
+pub fn shift_mask(ph: usize, pw: usize, ws: usize, s0: usize, s1: usize) -> Vec<f32> {
+    let region = |i: usize, n: usize, s: usize| -> usize {
+        if i < n - ws {
+            0
+        } else if i < n - s {
+            1
+        } else {
+            2
+        }
+    };
+    let mut img = vec![0usize; ph * pw];
+    for y in 0..ph {
+        for x in 0..pw {
+            img[y * pw + x] = region(y, ph, s0) * 3 + region(x, pw, s1);
+        }
+    }
+    let (nh, nw) = (ph / ws, pw / ws);
+    let t = ws * ws;
+    let mut out = vec![0f32; nh * nw * t * t];
+    for wy in 0..nh {
+        for wx in 0..nw {
+            let win = wy * nw + wx;
+            let ids: Vec<usize> = (0..t).map(|k| img[(wy * ws + k / ws) * pw + wx * ws + k % ws]).collect();
+            for a in 0..t {
+                for b in 0..t {
+                    out[win * t * t + a * t + b] = if ids[a] != ids[b] { -100.0 } else { 0.0 };
+                }
+            }
+        }
+    }
+    out
+}

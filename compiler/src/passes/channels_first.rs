@@ -29,6 +29,11 @@ pub struct ChannelsFirst {
     pub relaid: Vec<bool>,
 }
 
+/// `g` as it is: no chain rewritten.
+pub fn unchanged(g: &Graph) -> ChannelsFirst {
+    ChannelsFirst { graph: g.clone(), folds: Vec::new(), relaid: vec![false; g.graph.node_count()] }
+}
+
 /// Rewrites every matching chain of `g` (see the module docs).
 pub fn rewrite(g: &Graph) -> ChannelsFirst {
     let mut graph = g.clone();

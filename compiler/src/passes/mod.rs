@@ -13,8 +13,8 @@
 //!   `(b - mean) * gamma / sqrt(var + eps) + beta` from the loaded tensors;
 //! * **activation fusion**: an `Act` whose input is a `Conv`, `Linear`, `BatchNorm` or `Add`
 //!   read by nothing else is removed and recorded in [`Optimized::acts`] for that node;
-//! * **dead-node elimination**: nodes the output does not depend on are dropped (the input
-//!   node always stays);
+//! * **dead-node elimination**: nodes no model output depends on are dropped (the outputs are
+//!   the graph output and every darknet YOLO head; the input node always stays);
 //! * **residual fusion**: an `Add` of two values, one of them a dense conv's (raw or after
 //!   its folded BatchNorm, no activation) read by nothing else, becomes that conv moved to the
 //!   `Add`'s place with the other operand as a second input ([`Optimized::residual`]); the
@@ -118,260 +118,372 @@ fn fusable_act(op: &Op) -> bool {
     matches!(op, Op::Conv { .. } | Op::Linear { .. } | Op::BatchNorm { .. } | Op::Add)
 }
 
-/// Runs every inference pass on `g`.
-pub fn optimize(g: &Graph) -> Optimized {
-    let cf = channels_first::rewrite(g);
-    let g = &cf.graph;
-    let n = g.graph.node_count();
-    let nodes: Vec<&Node> = g.graph.node_weights().collect();
-    // rep[i]: the original node whose (rewritten) output carries node i's value.
-    let mut rep: Vec<usize> = (0..n).collect();
-    // Stage of node i's value within its representative: 0 raw, 1 after a folded BatchNorm,
-    // 2 after a fused activation.
-    let mut stage: Vec<u8> = vec![0; n];
-    let mut folded_into: Vec<Option<(usize, f64)>> = vec![None; n]; // conv -> (bn, eps)
-    let mut act: Vec<Option<Activation>> = vec![None; n];
-    let mut stats = Stats::default();
-    // Readers of each node, after bypassing identities (computed as we go: identities are
-    // resolved before their readers are visited since inputs come first).
-    let mut readers: Vec<usize> = vec![0; n];
-    let out_rep = |rep: &[usize]| rep[g.output.index()];
-    // First pass: identities, so that reader counts are on resolved inputs.
-    for (i, node) in nodes.iter().enumerate() {
-        if matches!(node.op, Op::Dropout { .. } | Op::Identity) && node.inputs.len() == 1 {
-            rep[i] = rep[node.inputs[0].index()];
-            stats.identities += 1;
-            stage[i] = u8::MAX; // resolved below
-
-        }
-    }
-    let base = rep.clone();
-    for (i, node) in nodes.iter().enumerate() {
-        if rep[i] != i {
-            continue;
-        }
-        for inp in &node.inputs {
-            readers[rep[inp.index()]] += 1;
-        }
-    }
-    let output_rep = out_rep(&rep);
-    readers[output_rep] += 1; // the caller reads the output
-    for (i, node) in nodes.iter().enumerate() {
-        if rep[i] != i || node.inputs.len() != 1 {
-            continue;
-        }
-        let p = base[node.inputs[0].index()];
-        match &node.op {
-            Op::BatchNorm { eps } => {
-                let foldable = match &nodes[p].op {
-                    Op::Conv { out, .. } => node.shape.as_ref().is_some_and(|s| s.first() == Some(out)),
-                    Op::Linear { out, .. } => node.shape.as_ref().is_some_and(|s| s.len() == 1 && s[0] == *out),
-                    _ => false,
-                };
-                if foldable && rep[p] == p && readers[p] == 1 && folded_into[p].is_none() && act[p].is_none() && p != output_rep {
-                    folded_into[p] = Some((i, *eps));
-                    rep[i] = p;
-                    stage[i] = 1;
-                    stats.folded += 1;
-                }
-            }
-            Op::Act(a) => {
-                let target = rep[p];
-                if fusable_act(&nodes[target].op) && act[target].is_none() && readers[p] == 1 && p != output_rep {
-                    act[target] = Some(*a);
-                    rep[i] = target;
-                    stage[i] = 2;
-                    stats.fused += 1;
-                }
-            }
-            _ => {}
-        }
-    }
-    for i in 0..n {
-        if stage[i] == u8::MAX {
-            stage[i] = stage[nodes[i].inputs[0].index()];
-        }
-    }
-    // Resolve chains (a BatchNorm folded into a conv whose activation was fused, ...).
-    for i in 0..n {
-        let mut r = rep[i];
-        while rep[r] != r {
-            r = rep[r];
-        }
-        rep[i] = r;
-    }
-    // Liveness from the output (the input node always stays).
-    let mut live = vec![false; n];
-    live[rep[g.output.index()]] = true;
-    for i in (0..n).rev() {
-        if live[i] && rep[i] == i {
-            for inp in &nodes[i].inputs {
-                live[rep[inp.index()]] = true;
-            }
-        }
-    }
-    for (i, node) in nodes.iter().enumerate() {
-        if node.inputs.is_empty() {
-            live[i] = true;
-        }
-    }
-    stats.dead = (0..n).filter(|&i| rep[i] == i && !live[i]).count();
-    // Residual fusion: `Add(a, b)` (two resolved inputs) where `a`'s value is a conv's (raw or
-    // after its folded BatchNorm, no activation) read only by this Add: the conv moves to the
-    // Add's place with `b` as a second input. add_conv[j] = (conv, other).
-    let mut add_conv: Vec<Option<(usize, usize)>> = vec![None; n];
-    let mut moved = vec![false; n];
-    for (j, node) in nodes.iter().enumerate() {
-        if rep[j] != j || !live[j] || !matches!(node.op, Op::Add) || node.inputs.len() != 2 {
-            continue;
-        }
-        let (a, b) = (node.inputs[0].index(), node.inputs[1].index());
-        let cands = [(a, b), (b, a)];
-        for (x, y) in cands {
-            let c = rep[x];
-            // `x` (after identities) is the conv itself or its folded BatchNorm.
-            let xb = base[x];
-            let only_reader = readers[xb] == 1 && (xb == c || (folded_into[c].is_some_and(|(bn, _)| bn == xb) && readers[c] == 1));
-            if matches!(nodes[c].op, Op::Conv { groups: 1, .. })
-                && act[c].is_none()
-                && only_reader
-                && !moved[c]
-                && c != rep[y]
-                && nodes[c].inputs.len() == 1
-                && nodes[c].shape == node.shape
-                && node.shape.is_some()
-            {
-                add_conv[j] = Some((c, rep[y]));
-                moved[c] = true;
-                stats.residual += 1;
-                break;
-            }
-        }
-    }
-    let (fused_in, absorbed) = input_fusions(g, &nodes, &rep, &live, &act);
-    stats.inputs = absorbed.iter().filter(|&&a| a).count();
-    // Build the new graph.
-    let mut new_id: Vec<Option<NodeId>> = vec![None; n];
-    let mut graph: DiGraph<Node, u32> = DiGraph::new();
-    let mut folds = Vec::new();
-    let mut acts = Vec::new();
-    let mut residual = Vec::new();
-    let mut conv_inputs = Vec::new();
-    for i in 0..n {
-        if rep[i] != i || !live[i] || moved[i] || absorbed[i] {
-            continue;
-        }
-        // A fused residual add emits its conv here (the conv's id stays `None`).
-        let (src, extra) = match add_conv[i] {
-            Some((c, other)) => (c, Some(other)),
-            None => (i, None),
-        };
-        let node = nodes[src];
-        let mut nn = node.clone();
-        let fused = fused_in[src].as_ref();
-        nn.inputs = match fused {
-            Some((_, ins)) => ins.iter().map(|&x| new_id[x].expect("inputs come first")).collect(),
-            None => node.inputs.iter().map(|x| new_id[rep[x.index()]].expect("inputs come first")).collect(),
-        };
-        if let Some(other) = extra {
-            nn.inputs.push(new_id[other].expect("inputs come first"));
-        }
-        if let Some((bn, eps)) = folded_into[src] {
-            let (had_bias, out) = match &mut nn.op {
-                Op::Conv { bias, out, .. } | Op::Linear { bias, out } => (std::mem::replace(bias, true), *out),
-                _ => unreachable!("only convs and linears fold"),
-            };
-            if !had_bias {
-                nn.params.push(Param { name: format!("{}.bias", nn.name), shape: vec![out], kind: ParamKind::Bias });
-            }
-            nn.shape = nodes[bn].shape.clone();
-            folds.push(Fold { node: NodeId::new(graph.node_count()), bn: nodes[bn].name.clone(), eps, had_bias });
-        }
-        let inputs = nn.inputs.clone();
-        let id = graph.add_node(nn);
-        for (slot, x) in inputs.iter().enumerate() {
-            graph.add_edge(*x, id, slot as u32);
-        }
-        acts.push(act[i]);
-        residual.push(extra.is_some());
-        conv_inputs.push(fused.map(|(ci, _)| ci.clone()));
-        new_id[i] = Some(id);
-    }
-    let final_stage = |r: usize| if act[r].is_some() { 2 } else if folded_into[r].is_some() { 1 } else { 0 };
-    let map: Vec<Option<NodeId>> = (0..n).map(|i| new_id[rep[i]].filter(|_| stage[i] == final_stage(rep[i]) && !cf.relaid[i])).collect();
-    let output = new_id[rep[g.output.index()]].expect("the output is live");
-    let mut last_use = vec![0usize; graph.node_count()];
-    for id in graph.node_indices() {
-        last_use[id.index()] = id.index();
-        for inp in graph[id].inputs.clone() {
-            last_use[inp.index()] = last_use[inp.index()].max(id.index());
-        }
-    }
-    last_use[output.index()] = usize::MAX;
-    let scopes = g
-        .scopes
-        .iter()
-        .filter_map(|s| map[s.output.index()].map(|o| crate::ir::Scope { name: s.name.clone(), output: o, block: s.block.clone() }))
-        .collect();
-    let graph = Graph { meta: g.meta.clone(), graph, output, scopes, param_order: g.param_order.clone() };
-    Optimized { graph, folds, acts, map, last_use, residual, conv_inputs, scale_folds: cf.folds, stats }
+/// Where a node's value stands within the node that now computes it (its representative).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stage {
+    /// The representative's own output.
+    Raw,
+    /// After the BatchNorm folded into the representative.
+    Folded,
+    /// After the activation fused into the representative.
+    Activated,
+    /// An identity: the stage of its input (known once the folds and fusions are decided).
+    Inherited,
 }
 
-/// Input fusions into dense convs (see [`ConvInputs`]): per original conv, how it reads its
-/// inputs and the original nodes (representatives) it reads; and the nodes absorbed.
-#[allow(clippy::type_complexity)]
-fn input_fusions(g: &Graph, nodes: &[&Node], rep: &[usize], live: &[bool], act: &[Option<Activation>]) -> (Vec<Option<(ConvInputs, Vec<usize>)>>, Vec<bool>) {
-    let n = nodes.len();
-    // Readers of every value after all rewrites (the caller reads the output).
-    let mut readers = vec![0usize; n];
-    for (i, node) in nodes.iter().enumerate() {
-        if rep[i] == i && live[i] {
-            node.inputs.iter().for_each(|x| readers[rep[x.index()]] += 1);
+/// The passes' decisions about one node of the original graph.
+#[derive(Clone, Debug)]
+struct Slot {
+    /// The original node whose rewritten output carries this node's value.
+    rep: usize,
+    /// `rep` right after identity removal (before folds and fusions).
+    base: usize,
+    stage: Stage,
+    /// A conv or linear: the BatchNorm folded into it, with its epsilon.
+    folded: Option<(usize, f64)>,
+    /// The activation fused into this node.
+    act: Option<Activation>,
+    /// Readers of this node's value (the caller counts as the output's reader).
+    readers: usize,
+    live: bool,
+    /// An `Add` replaced by its conv operand: `(conv, other operand)`.
+    residual: Option<(usize, usize)>,
+    /// A conv moved to the place of the `Add` it feeds.
+    moved: bool,
+    /// A dense conv reading fused inputs: how, and the representatives it reads.
+    fused_inputs: Option<(ConvInputs, Vec<usize>)>,
+    /// A Concat, BatchNorm or gate `Mul` absorbed into the conv that reads it.
+    absorbed: bool,
+}
+
+/// The passes over one graph, one method per pass.
+struct Passes<'g> {
+    g: &'g Graph,
+    nodes: Vec<&'g Node>,
+    slots: Vec<Slot>,
+    output_rep: usize,
+    stats: Stats,
+}
+
+/// Which passes beyond the standard ones (identities, BatchNorm folding, activation and
+/// residual fusion, dead nodes) run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Options {
+    /// The channels-first rewrite of ConvNeXt-style blocks ([`channels_first`]).
+    pub channels_first: bool,
+    /// Input fusion into dense convs ([`ConvInputs`]).
+    pub fuse_inputs: bool,
+}
+
+impl Options {
+    /// Every pass: the view tlc's own kernels run.
+    pub const ALL: Options = Options { channels_first: true, fuse_inputs: true };
+    /// Only rewrites whose result standard operator sets (ONNX) express as they are.
+    pub const STANDARD: Options = Options { channels_first: false, fuse_inputs: false };
+}
+
+/// Runs every inference pass on `g`.
+pub fn optimize(g: &Graph) -> Optimized {
+    optimize_with(g, Options::ALL)
+}
+
+/// Runs the passes `options` selects on `g`.
+pub fn optimize_with(g: &Graph, options: Options) -> Optimized {
+    let cf = if options.channels_first { channels_first::rewrite(g) } else { channels_first::unchanged(g) };
+    let mut p = Passes::new(&cf.graph);
+    p.bypass_identities();
+    p.count_readers();
+    p.fold_and_fuse();
+    p.resolve();
+    p.mark_live();
+    p.fuse_residuals();
+    if options.fuse_inputs {
+        p.fuse_inputs();
+    }
+    let mut o = p.build(&cf.relaid);
+    o.scale_folds = cf.folds;
+    o
+}
+
+impl<'g> Passes<'g> {
+    fn new(g: &'g Graph) -> Passes<'g> {
+        let nodes: Vec<&Node> = g.graph.node_weights().collect();
+        let slots = (0..nodes.len())
+            .map(|i| Slot { rep: i, base: i, stage: Stage::Raw, folded: None, act: None, readers: 0, live: false, residual: None, moved: false, fused_inputs: None, absorbed: false })
+            .collect();
+        Passes { g, nodes, slots, output_rep: g.output.index(), stats: Stats::default() }
+    }
+
+    fn rep(&self, i: usize) -> usize {
+        self.slots[i].rep
+    }
+
+    /// `Dropout` and `Identity` nodes: their readers read the node's input.
+    fn bypass_identities(&mut self) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if matches!(node.op, Op::Dropout { .. } | Op::Identity) && node.inputs.len() == 1 {
+                self.slots[i].rep = self.slots[node.inputs[0].index()].rep;
+                self.slots[i].stage = Stage::Inherited;
+                self.stats.identities += 1;
+            }
+        }
+        for s in &mut self.slots {
+            s.base = s.rep;
         }
     }
-    readers[rep[g.output.index()]] += 2;
-    let only = |v: usize| readers[v] == 1;
-    let mut fused: Vec<Option<(ConvInputs, Vec<usize>)>> = vec![None; n];
-    let mut absorbed = vec![false; n];
-    for c in 0..n {
-        if rep[c] != c || !live[c] || nodes[c].inputs.len() != 1 || !matches!(nodes[c].op, Op::Conv { groups: 1, .. }) {
-            continue;
+
+    /// Readers of each value after identity removal; the caller reads the output.
+    fn count_readers(&mut self) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if self.rep(i) == i {
+                for inp in &node.inputs {
+                    let r = self.rep(inp.index());
+                    self.slots[r].readers += 1;
+                }
+            }
         }
-        let x = rep[nodes[c].inputs[0].index()];
+        self.output_rep = self.rep(self.g.output.index());
+        self.slots[self.output_rep].readers += 1;
+    }
+
+    /// BatchNorm folding and activation fusion into the node before them.
+    fn fold_and_fuse(&mut self) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if self.rep(i) != i || node.inputs.len() != 1 {
+                continue;
+            }
+            let p = self.slots[node.inputs[0].index()].base;
+            let single = self.slots[p].readers == 1 && p != self.output_rep;
+            match &node.op {
+                Op::BatchNorm { eps } => {
+                    let foldable = match &self.nodes[p].op {
+                        Op::Conv { out, .. } => node.shape.as_ref().is_some_and(|s| s.first() == Some(out)),
+                        Op::Linear { out, .. } => node.shape.as_ref().is_some_and(|s| s.len() == 1 && s[0] == *out),
+                        _ => false,
+                    };
+                    let free = self.rep(p) == p && self.slots[p].folded.is_none() && self.slots[p].act.is_none();
+                    if foldable && free && single {
+                        self.slots[p].folded = Some((i, *eps));
+                        self.slots[i].rep = p;
+                        self.slots[i].stage = Stage::Folded;
+                        self.stats.folded += 1;
+                    }
+                }
+                Op::Act(a) => {
+                    let target = self.rep(p);
+                    if fusable_act(&self.nodes[target].op) && self.slots[target].act.is_none() && single {
+                        self.slots[target].act = Some(*a);
+                        self.slots[i].rep = target;
+                        self.slots[i].stage = Stage::Activated;
+                        self.stats.fused += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Identities take their input's stage; representatives are followed to the end of their
+    /// chains (a BatchNorm folded into a conv whose activation was fused, ...).
+    fn resolve(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.slots[i].stage == Stage::Inherited {
+                self.slots[i].stage = self.slots[self.nodes[i].inputs[0].index()].stage;
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let mut r = self.rep(i);
+            while self.rep(r) != r {
+                r = self.rep(r);
+            }
+            self.slots[i].rep = r;
+        }
+    }
+
+    /// Liveness from the outputs (the graph output and darknet YOLO heads; the input node
+    /// always stays).
+    fn mark_live(&mut self) {
+        for o in crate::export::outputs(self.g) {
+            let r = self.rep(o.index());
+            self.slots[r].live = true;
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if self.slots[i].live && self.rep(i) == i {
+                for inp in &self.nodes[i].inputs {
+                    let r = self.rep(inp.index());
+                    self.slots[r].live = true;
+                }
+            }
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.inputs.is_empty() {
+                self.slots[i].live = true;
+            }
+        }
+        self.stats.dead = self.slots.iter().enumerate().filter(|(i, s)| s.rep == *i && !s.live).count();
+    }
+
+    /// `Add(a, b)` where `a`'s value is a dense conv's (raw or after its folded BatchNorm, no
+    /// activation) read only by this Add: the conv moves to the Add's place with `b` as a
+    /// second input.
+    fn fuse_residuals(&mut self) {
+        for (j, node) in self.nodes.iter().enumerate() {
+            if self.rep(j) != j || !self.slots[j].live || !matches!(node.op, Op::Add) || node.inputs.len() != 2 {
+                continue;
+            }
+            let (a, b) = (node.inputs[0].index(), node.inputs[1].index());
+            for (x, y) in [(a, b), (b, a)] {
+                let c = self.rep(x);
+                if self.residual_conv(x, c) && c != self.rep(y) && self.nodes[c].shape == node.shape && node.shape.is_some() {
+                    self.slots[j].residual = Some((c, self.rep(y)));
+                    self.slots[c].moved = true;
+                    self.stats.residual += 1;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Whether operand `x` of an Add, computed by `c`, is a dense conv's value that only this
+    /// Add reads (`x`, after identities, is the conv itself or its folded BatchNorm).
+    fn residual_conv(&self, x: usize, c: usize) -> bool {
+        let xb = self.slots[x].base;
+        let conv = &self.slots[c];
+        let only_reader = self.slots[xb].readers == 1 && (xb == c || (conv.folded.is_some_and(|(bn, _)| bn == xb) && conv.readers == 1));
+        matches!(self.nodes[c].op, Op::Conv { groups: 1, .. }) && conv.act.is_none() && only_reader && !conv.moved && self.nodes[c].inputs.len() == 1
+    }
+
+    /// Input fusions into dense convs (see [`ConvInputs`]), on the reader counts after every
+    /// other rewrite (the caller reads the output).
+    fn fuse_inputs(&mut self) {
+        let n = self.nodes.len();
+        let mut readers = vec![0usize; n];
+        for (i, node) in self.nodes.iter().enumerate() {
+            if self.rep(i) == i && self.slots[i].live {
+                node.inputs.iter().for_each(|x| readers[self.rep(x.index())] += 1);
+            }
+        }
+        readers[self.output_rep] += 2;
+        for c in 0..n {
+            let node = self.nodes[c];
+            if self.rep(c) != c || !self.slots[c].live || node.inputs.len() != 1 || !matches!(node.op, Op::Conv { groups: 1, .. }) {
+                continue;
+            }
+            let x = self.rep(node.inputs[0].index());
+            if let Some(fused) = self.conv_input_fusion(x, &readers) {
+                self.slots[c].fused_inputs = Some(fused);
+            }
+        }
+        self.stats.inputs = self.slots.iter().filter(|s| s.absorbed).count();
+    }
+
+    /// How a conv reading `x` can read it fused: a gate or a BatchNorm prologue on `x`, then a
+    /// concat below it. Marks the absorbed nodes.
+    fn conv_input_fusion(&mut self, x: usize, readers: &[usize]) -> Option<(ConvInputs, Vec<usize>)> {
+        let only = |v: usize| readers[v] == 1;
+        let nodes = &self.nodes;
         let mut ci = ConvInputs { parts: 1, prologue: None, gate: false };
-        let mut src = x;
-        let mut gate = None;
+        let (mut src, mut gate) = (x, None);
         if only(x) && matches!(nodes[x].op, Op::Mul) && nodes[x].inputs.len() == 2 {
             let (a, b) = (nodes[x].inputs[0].index(), nodes[x].inputs[1].index());
             let per_channel = |v: usize| nodes[v].shape.as_ref().is_some_and(|s| s.len() == 3 && s[1] == 1 && s[2] == 1);
             let whole = |v: usize| nodes[v].shape.is_some() && nodes[v].shape == nodes[x].shape;
             let pair = if per_channel(b) && whole(a) { Some((a, b)) } else if per_channel(a) && whole(b) { Some((b, a)) } else { None };
-            if let Some((data, gt)) = pair.filter(|(d, gt)| nodes[*gt].shape.as_ref().map(|s| s[0]) == nodes[*d].shape.as_ref().map(|s| s[0])) {
-                absorbed[x] = true;
-                src = rep[data];
-                gate = Some(rep[gt]);
+            let same_channels = |(d, gt): &(usize, usize)| nodes[*gt].shape.as_ref().map(|s| s[0]) == nodes[*d].shape.as_ref().map(|s| s[0]);
+            if let Some((data, gt)) = pair.filter(same_channels) {
+                self.slots[x].absorbed = true;
+                src = self.rep(data);
+                gate = Some(self.rep(gt));
                 ci.gate = true;
             }
         } else if let Op::BatchNorm { eps } = nodes[x].op {
             if only(x) && nodes[x].inputs.len() == 1 {
-                absorbed[x] = true;
-                ci.prologue = Some(Prologue { bn: nodes[x].name.clone(), eps, act: act[x] });
-                src = rep[nodes[x].inputs[0].index()];
+                self.slots[x].absorbed = true;
+                ci.prologue = Some(Prologue { bn: nodes[x].name.clone(), eps, act: self.slots[x].act });
+                src = self.rep(nodes[x].inputs[0].index());
             }
         }
         let mut ins = vec![src];
         if only(src) && matches!(nodes[src].op, Op::Concat { dim: 1 }) && nodes[src].inputs.len() > 1 {
-            absorbed[src] = true;
-            ins = nodes[src].inputs.iter().map(|v| rep[v.index()]).collect();
+            self.slots[src].absorbed = true;
+            ins = nodes[src].inputs.iter().map(|v| self.rep(v.index())).collect();
             ci.parts = ins.len();
         }
         if ci.parts == 1 && ci.prologue.is_none() && !ci.gate {
-            continue;
+            return None;
         }
         ins.extend(gate);
-        fused[c] = Some((ci, ins));
+        Some((ci, ins))
     }
-    (fused, absorbed)
+
+    /// The new graph, its folds, fused activations, residual flags and fused inputs, and the
+    /// node map (values `relaid` by the channels-first rewrite are not offered).
+    fn build(self, relaid: &[bool]) -> Optimized {
+        let n = self.nodes.len();
+        let mut new_id: Vec<Option<NodeId>> = vec![None; n];
+        let mut graph: DiGraph<Node, u32> = DiGraph::new();
+        let (mut folds, mut acts, mut residual, mut conv_inputs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let s = &self.slots[i];
+            if s.rep != i || !s.live || s.moved || s.absorbed {
+                continue;
+            }
+            // A fused residual add emits its conv here (the conv's id stays `None`).
+            let (src, extra) = match s.residual {
+                Some((c, other)) => (c, Some(other)),
+                None => (i, None),
+            };
+            let mut nn = self.nodes[src].clone();
+            let fused = self.slots[src].fused_inputs.as_ref();
+            nn.inputs = match fused {
+                Some((_, ins)) => ins.iter().map(|&x| new_id[x].expect("inputs come first")).collect(),
+                None => nn.inputs.iter().map(|x| new_id[self.rep(x.index())].expect("inputs come first")).collect(),
+            };
+            if let Some(other) = extra {
+                nn.inputs.push(new_id[other].expect("inputs come first"));
+            }
+            if let Some((bn, eps)) = self.slots[src].folded {
+                let had_bias = fold_into(&mut nn, self.nodes[bn]);
+                folds.push(Fold { node: NodeId::new(graph.node_count()), bn: self.nodes[bn].name.clone(), eps, had_bias });
+            }
+            let inputs = nn.inputs.clone();
+            let id = graph.add_node(nn);
+            for (slot, x) in inputs.iter().enumerate() {
+                graph.add_edge(*x, id, slot as u32);
+            }
+            acts.push(s.act);
+            residual.push(extra.is_some());
+            conv_inputs.push(fused.map(|(ci, _)| ci.clone()));
+            new_id[i] = Some(id);
+        }
+        let final_stage = |r: &Slot| if r.act.is_some() { Stage::Activated } else if r.folded.is_some() { Stage::Folded } else { Stage::Raw };
+        let offered = |(i, s): (usize, &Slot)| new_id[s.rep].filter(|_| s.stage == final_stage(&self.slots[s.rep]) && !relaid[i]);
+        let map: Vec<Option<NodeId>> = self.slots.iter().enumerate().map(offered).collect();
+        let output = new_id[self.rep(self.g.output.index())].expect("the output is live");
+        let g = self.g;
+        let scopes = g
+            .scopes
+            .iter()
+            .filter_map(|s| map[s.output.index()].map(|o| crate::ir::Scope { output: o, ..s.clone() }))
+            .collect();
+        let graph = Graph { meta: g.meta.clone(), graph, output, scopes, param_order: g.param_order.clone() };
+        let last_use = graph.last_use();
+        Optimized { graph, folds, acts, map, last_use, residual, conv_inputs, scale_folds: Vec::new(), stats: self.stats }
+    }
+}
+
+/// Makes `nn` (a conv or linear) carry the folded BatchNorm `bn`: a bias (added when it had
+/// none) and the BatchNorm's output shape. Returns whether it had its own bias.
+fn fold_into(nn: &mut Node, bn: &Node) -> bool {
+    let (had_bias, out) = match &mut nn.op {
+        Op::Conv { bias, out, .. } | Op::Linear { bias, out } => (std::mem::replace(bias, true), *out),
+        _ => unreachable!("only convs and linears fold"),
+    };
+    if !had_bias {
+        nn.params.push(Param { name: format!("{}.bias", nn.name), shape: vec![out], kind: ParamKind::Bias });
+    }
+    nn.shape = bn.shape.clone();
+    had_bias
 }
 
 /// A one-line account of what [`optimize`] did, and the fused chains, for `tlc summary --optimized`.

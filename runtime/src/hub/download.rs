@@ -21,9 +21,15 @@ pub(super) fn fetch(hub: &Hub, ck: &Checkpoint, urls: &[String]) -> Result<PathB
         return Ok(dest); // another process finished it while we waited
     }
     let part = hub.cache.join(format!("{}.part", ck.file));
-    let result = download_any(hub, urls, &part).and_then(|()| {
-        let digest = sha256_file(&part)?;
-        check_file(ck, &part, &digest)?;
+    // A `.part` left by a killed process is resumed; if the result fails its check, the old
+    // bytes may be from another upload: start once more from scratch.
+    let leftover = part.is_file();
+    let mut result = download_and_check(hub, ck, urls, &part);
+    if result.is_err() && leftover {
+        let _ = std::fs::remove_file(&part);
+        result = download_and_check(hub, ck, urls, &part);
+    }
+    let result = result.and_then(|digest| {
         std::fs::rename(&part, &dest).with_context(|| format!("cannot move {} to {}", part.display(), dest.display()))?;
         sync_dir(&hub.cache);
         eprintln!("saved {} (sha256 {digest})", dest.display());
@@ -47,6 +53,14 @@ fn lock(path: &Path, file: &str) -> Result<File> {
         Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
     }
     Ok(f)
+}
+
+/// Downloads into `part` and checks it; returns its sha256.
+fn download_and_check(hub: &Hub, ck: &Checkpoint, urls: &[String], part: &Path) -> Result<String> {
+    download_any(hub, urls, part)?;
+    let digest = sha256_file(part)?;
+    check_file(ck, part, &digest)?;
+    Ok(digest)
 }
 
 fn download_any(hub: &Hub, urls: &[String], part: &Path) -> Result<()> {

@@ -38,13 +38,20 @@ pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     candle_nn::ops::sigmoid(x)
 }
 
+/// `x * tanh(softplus(x))` (PyTorch `F.mish`, darknet's `mish`), with the overflow-free
+/// `softplus(x) = max(x, 0) + ln(1 + e^-|x|)`.
+pub fn mish(x: &Tensor) -> Result<Tensor> {
+    let softplus = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    x.mul(&softplus.tanh()?)
+}
+
 #[cfg(test)]
 #[rustfmt::skip]
 #[allow(clippy::excessive_precision)]
 mod tests {
     use super::*;
     use crate::kernels::testutil::*;
-    // Expected values computed with PyTorch 2.x (F.relu6, F.leaky_relu, F.hardsigmoid, F.hardswish, F.silu, F.gelu, torch.sigmoid).
+    // Expected values computed with PyTorch 2.x (F.relu6, F.leaky_relu, F.hardsigmoid, F.hardswish, F.silu, F.gelu, torch.sigmoid, F.mish).
 // act_x: shape [29]
 const ACT_X: &[f32] = &[-5.0, -4.5, -4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, -10.0, -3.0000999, -2.5, -0.00100000005, 0.00100000005, 0.707106769, 2.9999001, 10.0];
 // relu6: shape [29]
@@ -63,6 +70,8 @@ const SILU: &[f32] = &[-0.0334642529, -0.0494412445, -0.0719448403, -0.102592811
 const GELU: &[f32] = &[-1.49011612e-06, -1.52885914e-05, -0.000126719475, -0.000814333558, -0.00404986739, -0.0155241787, -0.0455000997, -0.10021086, -0.158655286, -0.154268786, 0.0, 0.345731199, 0.841344714, 1.39978909, 1.95449996, 2.48447585, 2.99595022, 3.49918556, 3.99987316, 4.49998474, 4.99999857, 0.0, -0.00404875074, -0.0155241787, -0.000499601127, 0.000500398921, 0.537577987, 2.99584913, 10.0];
 // sigmoid: shape [29]
 const SIGMOID: &[f32] = &[0.00669285096, 0.0109869428, 0.0179862101, 0.0293122306, 0.0474258736, 0.0758581758, 0.119202919, 0.182425529, 0.268941432, 0.377540678, 0.5, 0.622459352, 0.731058598, 0.817574441, 0.880797029, 0.924141824, 0.952574134, 0.970687747, 0.982013762, 0.989013076, 0.993307173, 4.53978719e-05, 0.0474213623, 0.0758581758, 0.499750018, 0.500249982, 0.669761539, 0.952569604, 0.999954581];
+// mish: shape [29] (PyTorch 2.15 F.mish)
+const MISH: &[f32] = &[-0.033576235, -0.049712833, -0.07259175, -0.10409575, -0.14564747, -0.19681619, -0.25250146, -0.29809976, -0.30340144, -0.22074376, 0., 0.37524524, 0.86509836, 1.4033782, 1.943959, 2.4713924, 2.986535, 3.493991, 3.997413, 4.498914, 4.9995522, -0.00045398902, -0.14563812, -0.19681619, -0.00059968, 0.00060032005, 0.5680423, 2.986433, 10.];
 
     #[test]
     fn activations() {
@@ -75,6 +84,7 @@ const SIGMOID: &[f32] = &[0.00669285096, 0.0109869428, 0.0179862101, 0.029312230
         assert_close(&hard_swish(&x).unwrap(), &n, HSWISH);
         assert_close(&silu(&x).unwrap(), &n, SILU);
         assert_close(&sigmoid(&x).unwrap(), &n, SIGMOID);
+        assert_close(&mish(&x).unwrap(), &n, MISH);
     }
 
     #[test]

@@ -215,6 +215,7 @@ pub(crate) fn act_slice(a: Activation, v: &mut [f32]) {
         Activation::HardSigmoid => map_all(v, |x| (x + 3.0).clamp(0.0, 6.0) / 6.0),
         Activation::Sigmoid => map_all(v, |x| 1.0 / (1.0 + exp_f32(-x))),
         Activation::Tanh => v.iter_mut().for_each(|x| *x = x.tanh()),
+        Activation::Mish => v.iter_mut().for_each(|x| *x *= (x.max(0.0) + (-x.abs()).exp().ln_1p()).tanh()),
         Activation::Gelu => map_all(v, |x| 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))),
     }
 }
@@ -294,6 +295,16 @@ mod tests {
         let mut s = vec![-200.0f32, 0.0, 200.0];
         act_slice(Activation::Sigmoid, &mut s);
         assert!(s[0] < 1e-30 && s[1] == 0.5 && s[2] == 1.0, "{s:?}");
+    }
+
+    #[test]
+    fn mish_matches_the_portable_kernel() {
+        let x = candle_core::Tensor::arange(-120i64, 120, &candle_core::Device::Cpu).unwrap().to_dtype(candle_core::DType::F32).unwrap().affine(0.1, 0.0).unwrap();
+        let mut v: Vec<f32> = x.to_vec1().unwrap();
+        act_slice(Activation::Mish, &mut v);
+        let want: Vec<f32> = crate::kernels::mish(&x).unwrap().to_vec1().unwrap();
+        let worst = v.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-5, "{worst}");
     }
 
     #[test]

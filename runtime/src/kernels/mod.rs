@@ -13,7 +13,7 @@ mod norm;
 mod pool;
 pub mod fast;
 
-pub use act::{gelu_erf, hard_sigmoid, hard_swish, leaky_relu, relu6, sigmoid, silu};
+pub use act::{gelu_erf, hard_sigmoid, hard_swish, leaky_relu, mish, relu6, sigmoid, silu};
 pub use conv::{conv2d, same_padding};
 pub use norm::{attention, batch_norm_eval, layer_norm_channels, layer_norm_last, softmax_last};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, output_size, upsample_nearest};

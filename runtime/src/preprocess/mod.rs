@@ -21,8 +21,34 @@ pub const LETTERBOX_FILL: u8 = 114;
 /// (not composited), gray is replicated, 16-bit samples keep their high byte.
 /// EXIF orientation is not applied (PIL does not either).
 pub fn load_image(path: &Path) -> Result<DynamicImage> {
-    let decoded = image_reader(path).and_then(|r| Ok(r.decode()?)).with_context(|| format!("cannot read image {}", path.display()))?;
+    let decoded = image_reader(path)
+        .and_then(|r| match r.format() {
+            Some(image::ImageFormat::Jpeg) => decode_jpeg(path).or_else(|_| Ok(image_reader(path)?.decode()?)),
+            _ => Ok(r.decode()?),
+        })
+        .with_context(|| format!("cannot read image {}", path.display()))?;
     Ok(DynamicImage::ImageRgb8(to_rgb8(&decoded)))
+}
+
+/// JPEG through libjpeg-turbo's decoder (mozjpeg), so pixels equal PIL's and OpenCV's exactly
+/// (the `image` crate's decoder differs by up to 3 levels, enough to move a box by a pixel).
+/// Colour spaces libjpeg cannot turn into RGB (CMYK) are left to the `image` crate. libjpeg
+/// reports corrupt data by unwinding (mozjpeg's `resume_unwind`, no panic message), caught here.
+fn decode_jpeg(path: &Path) -> Result<DynamicImage> {
+    let bytes = std::fs::read(path)?;
+    let decode = || -> std::io::Result<(u32, u32, Vec<[u8; 3]>)> {
+        let mut img = mozjpeg::Decompress::new_mem(&bytes)?.rgb()?;
+        let (w, h) = (img.width() as u32, img.height() as u32);
+        let pixels = img.read_scanlines()?;
+        img.finish()?;
+        Ok((w, h, pixels))
+    };
+    let (w, h, pixels) = match std::panic::catch_unwind(decode) {
+        Ok(r) => r?,
+        Err(payload) => bail!("corrupt JPEG: {}", payload.downcast_ref::<String>().map(String::as_str).unwrap_or("libjpeg error")),
+    };
+    let rgb = image::RgbImage::from_raw(w, h, pixels.into_flattened()).context("JPEG size does not match its pixels")?;
+    Ok(DynamicImage::ImageRgb8(rgb))
 }
 
 /// Checks from its first bytes that `path` is an image tlc can decode, without decoding it

@@ -1,14 +1,14 @@
 //! Image folders as datasets (Keras `image_dataset_from_directory`): `DIR/train/<class>/*` and
 //! `DIR/val/<class>/*`, or one folder of class subfolders split with `--val-split`. Images are
-//! decoded in parallel; files that cannot be decoded are skipped with a warning naming them.
+//! decoded in parallel (rayon's pool); files that cannot be decoded are skipped with a warning naming them.
 
-use super::rng::Rng;
+use crate::rng::Rng;
 use crate::preprocess::{load_image, preprocess};
 use anyhow::{bail, Context, Result};
 use image::DynamicImage;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use tlc_compiler::meta::{Preprocess, Resize};
 
 /// One labelled file.
@@ -64,7 +64,7 @@ pub fn scan(dir: &Path, classes: Option<&[String]>) -> Result<(Vec<String>, Vec<
 /// `train/`, or of `dir` itself when it holds the class folders), shuffled with `seed`.
 pub fn load_split(dir: &Path, val_split: Option<f64>, seed: u64) -> Result<Split> {
     let train_dir = dir.join("train");
-    let val_dir = ["val", "validation"].iter().map(|v| dir.join(v)).find(|p| p.is_dir());
+    let val_dir = val_folder(dir);
     let (base, has_train) = if train_dir.is_dir() { (train_dir, true) } else { (dir.to_path_buf(), false) };
     let (classes, all) = scan(&base, None)?;
     if let (true, Some(vd), None) = (has_train, &val_dir, val_split) {
@@ -88,28 +88,35 @@ pub fn load_split(dir: &Path, val_split: Option<f64>, seed: u64) -> Result<Split
     Ok(Split { classes, train, val })
 }
 
-/// Runs `f` on every item with `threads` worker threads; results in input order.
-pub fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let next = AtomicUsize::new(0);
-    let out: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1).min(items.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= items.len() {
-                    break;
-                }
-                let r = f(&items[i]);
-                out.lock().unwrap()[i] = Some(r);
-            });
-        }
-    });
-    out.into_inner().unwrap().into_iter().map(|r| r.unwrap()).collect()
+/// Stacks prepared `[3, H, W]` images (the model's `input` shape) into one NCHW batch.
+pub fn batch(items: &[&[f32]], input: &[usize], dev: &Device) -> Result<Tensor> {
+    let mut data = Vec::with_capacity(items.iter().map(|v| v.len()).sum());
+    for v in items {
+        data.extend_from_slice(v);
+    }
+    Ok(Tensor::from_vec(data, (items.len(), input[0], input[1], input[2]), dev)?)
 }
 
-/// Worker threads for decoding (`$TLC_THREADS` or the available parallelism).
-pub fn threads() -> usize {
-    std::env::var("TLC_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+/// The validation folder of a dataset root (`val/` or `validation/`), if it has one.
+pub fn val_folder(dir: &Path) -> Option<PathBuf> {
+    ["val", "validation"].iter().map(|v| dir.join(v)).find(|p| p.is_dir())
+}
+
+/// Every file under `dir` (recursively, sorted, hidden files left out), or `dir` itself when
+/// it is a file.
+pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    for p in sorted_entries(dir)? {
+        if p.is_dir() {
+            out.extend(list_files(&p)?);
+        } else if p.is_file() && !p.file_name().map(|n| n.to_string_lossy().starts_with('.')).unwrap_or(false) {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// A warning about a file that was skipped.
@@ -124,13 +131,13 @@ pub struct Skipped {
 /// Decodes and preprocesses `samples` in parallel (no augmentation). Returns the kept
 /// samples with their `[3, H, W]` data, and the files that were skipped.
 pub fn load_prepared(samples: &[Sample], pre: &Preprocess) -> (Vec<(Sample, Vec<f32>)>, Vec<Skipped>) {
-    let res = par_map(samples, threads(), |s| load_image(&s.path).and_then(|img| preprocess(&img, pre)).map(|p| p.data));
+    let res: Vec<Result<Vec<f32>>> = samples.par_iter().map(|s| load_image(&s.path).and_then(|img| preprocess(&img, pre)).map(|p| p.data)).collect();
     split_results(samples, res)
 }
 
 /// Decodes `samples` in parallel (for augmentation each epoch).
 pub fn load_decoded(samples: &[Sample]) -> (Vec<(Sample, DynamicImage)>, Vec<Skipped>) {
-    let res = par_map(samples, threads(), |s| load_image(&s.path));
+    let res: Vec<Result<DynamicImage>> = samples.par_iter().map(|s| load_image(&s.path)).collect();
     split_results(samples, res)
 }
 

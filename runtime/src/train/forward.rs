@@ -3,7 +3,7 @@
 //! updated running statistics); every other op is [`crate::exec::eval`], so gradients flow
 //! through candle's autograd wherever its ops have a backward pass.
 
-use super::rng::Rng;
+use crate::rng::Rng;
 use crate::exec::{self, NodeParams, ParamSource};
 use anyhow::{anyhow, Context, Result};
 use candle_core::Tensor;

@@ -7,7 +7,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 /// Which optimizer.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// SGD with optional momentum and Nesterov momentum.
     Sgd { momentum: f64, nesterov: bool },
@@ -29,6 +30,15 @@ impl Kind {
             "rmsprop" => Kind::RmsProp,
             other => bail!("unknown optimizer `{other}`: use adam, adamw, sgd or rmsprop"),
         })
+    }
+
+    /// The weight decay when none is given: 0.01 for AdamW (PyTorch's default), 0 otherwise.
+    pub fn default_weight_decay(&self) -> f64 {
+        if *self == Kind::AdamW {
+            0.01
+        } else {
+            0.0
+        }
     }
 }
 

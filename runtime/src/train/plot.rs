@@ -2,7 +2,7 @@
 //! `confusion.png`, drawn with the `image` crate and the built-in 5x7 font of
 //! [`crate::draw`]: no plotting library, font file or system dependency.
 
-use super::fit::Epoch;
+use super::report::Epoch;
 use crate::draw::{draw_rect, draw_text, fill_rect, text_size, RgbImage};
 use crate::weights::write_atomic;
 use anyhow::Result;

@@ -8,8 +8,8 @@
 //! fp16 converted to f32). [`Weights::load_for`] also reads darknet
 //! `.weights` files, which carry no names: the network's expected parameter list gives their
 //! layout. [`Weights::check`] compares weights with the parameter list a compiled network
-//! expects; [`save_safetensors`] writes atomically; [`find_weights`] resolves a file name
-//! through `$TLC_WEIGHTS`.
+//! expects; [`save_safetensors`] writes atomically. Which file a command loads is decided
+//! in `crate::pretrained` (through `crate::hub`).
 
 mod darknet;
 mod format;
@@ -25,7 +25,7 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Tensors read from a file: `(name, shape, f32 data)`.
 pub(crate) type Parsed = Vec<(String, Vec<usize>, Vec<f32>)>;
@@ -345,50 +345,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Resolves a weights file: `file` itself if it exists, else `<dir>/<file>` for each folder of
-/// the colon-separated `$TLC_WEIGHTS`. The error lists every path tried.
-pub fn find_weights(file: &str) -> Result<PathBuf> {
-    find_weights_in(file, std::env::var_os("TLC_WEIGHTS").as_deref().map(|s| s.to_string_lossy().into_owned()))
-}
-
-fn find_weights_in(file: &str, tlc_weights: Option<String>) -> Result<PathBuf> {
-    let direct = PathBuf::from(file);
-    if direct.is_file() {
-        return Ok(direct);
-    }
-    let mut tried = vec![direct];
-    if let Some(dirs) = &tlc_weights {
-        if !direct_is_absolute(file) {
-            for dir in dirs.split(':').filter(|d| !d.is_empty()) {
-                let p = Path::new(dir).join(file);
-                if p.is_file() {
-                    return Ok(p);
-                }
-                tried.push(p);
-            }
-        }
-    }
-    let mut msg = format!("weights file `{file}` not found; looked at:\n");
-    for p in &tried {
-        msg.push_str(&format!("  {}\n", p.display()));
-    }
-    match &tlc_weights {
-        None => msg.push_str(
-            "TLC_WEIGHTS is not set: set it to a colon-separated list of folders holding weights, \
-             e.g. `export TLC_WEIGHTS=$HOME/weights:/opt/weights`, or pass the file's full path",
-        ),
-        Some(v) => msg.push_str(&format!(
-            "TLC_WEIGHTS is `{v}`: add the folder holding `{file}` to it (colon-separated), \
-             e.g. `export TLC_WEIGHTS=/path/to/folder:$TLC_WEIGHTS`, or pass the file's full path"
-        )),
-    }
-    Err(anyhow!(msg))
-}
-
-fn direct_is_absolute(file: &str) -> bool {
-    Path::new(file).is_absolute()
 }
 
 /// What [`Weights::check`] found wrong, all at once.

@@ -1,5 +1,5 @@
-//! A small deterministic random number generator (SplitMix64): shuffles, augmentation and
-//! dropout masks are reproducible from `--seed`.
+//! A small deterministic random number generator (SplitMix64): parameter initialisation,
+//! shuffles, augmentation and dropout masks are reproducible from a seed.
 
 /// SplitMix64.
 #[derive(Clone, Debug)]
