@@ -6,16 +6,6 @@ use super::{pad2d, take_strided};
 
 use candle_core::{bail, DType, Result, Tensor};
 
-/// TensorFlow "SAME" padding `(before, after)` for one axis:
-/// total = max((ceil(in/s) - 1) * s + (k - 1) * d + 1 - in, 0), before = total / 2.
-pub fn same_padding(in_size: usize, k: usize, s: usize, dilation: usize) -> (usize, usize) {
-    let s = s.max(1) as i64;
-    let (n, k, d) = (in_size as i64, k as i64, dilation as i64);
-    let out = (n + s - 1) / s;
-    let total = ((out - 1) * s + (k - 1).max(0) * d + 1 - n).max(0) as usize;
-    (total / 2, total - total / 2)
-}
-
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
@@ -45,7 +35,7 @@ fn dilate_kernel(w: &Tensor, dim: usize, d: usize) -> Result<Tensor> {
 
 /// PyTorch `F.conv2d` on NCHW `x` with OIHW kernel `w` (`[C_out, C_in / groups, kh, kw]`),
 /// optional `bias` `[C_out]`, per-axis `stride`/`dilation` `[h, w]` and possibly
-/// asymmetric zero padding `pad` = `[top, bottom, left, right]` (e.g. from [`same_padding`]).
+/// asymmetric zero padding `pad` = `[top, bottom, left, right]` (e.g. from [`super::same_padding`]).
 ///
 /// Depthwise convolutions (`groups == C_in == C_out`) use a direct shifted multiply-add
 /// implementation, which is much faster than candle's one-conv-per-group loop.
@@ -185,6 +175,7 @@ fn depthwise(
 #[allow(clippy::excessive_precision)]
 mod tests {
     use super::*;
+    use crate::kernels::same_padding;
     use crate::kernels::testutil::*;
     // Expected values computed with PyTorch 2.x (F.conv2d; asymmetric padding via F.pad).
 // conv_same_s2: shape [1, 3, 3, 3]

@@ -14,7 +14,9 @@ mod pool;
 pub mod fast;
 
 pub use act::{gelu_erf, hard_sigmoid, hard_swish, leaky_relu, mish, relu6, sigmoid, silu};
-pub use conv::{conv2d, same_padding};
+pub use conv::conv2d;
+/// TensorFlow "SAME" padding along one axis, `(before, after)`: the compiler's rule.
+pub use tlc_compiler::ops::conv::same_pad as same_padding;
 pub use norm::{attention, batch_norm_eval, layer_norm_channels, layer_norm_last, softmax_last};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, output_size, upsample_nearest};
 
