@@ -132,25 +132,37 @@ impl OutPtr {
     }
 }
 
-/// How `conv` splits its work: tasks are `(image, tile, channel chunk)`.
+/// How `conv` splits its work: tasks are `(image, tile, channel chunk)`. Tiles are runs of
+/// whole micro-panels (at most [`NB`] columns), as even as the micro-panel count allows; small
+/// maps get more, narrower tiles and then channel chunks, so that every thread has several
+/// tasks of similar size (rayon balances them; a thin last tile no longer idles a thread).
 struct Plan {
     n: usize,
     /// Columns per image (output positions, or padded-grid positions).
     p: usize,
+    /// Micro-panels of `nr` columns per image.
+    panels: usize,
+    nr: usize,
     tiles: usize,
     mpanels: usize,
     msplit: usize,
     per_chunk: usize,
 }
 
+/// Tasks per thread the plan aims at.
+const TASKS_PER_THREAD: usize = 8;
+
 impl Plan {
     fn new(n: usize, p: usize, pw: &PackedWeights) -> Plan {
-        let tiles = p.div_ceil(NB);
-        let mpanels = pw.mpad / pw.mr;
         let t = threads();
-        let msplit = if n * tiles >= 2 * t { 1 } else { (4 * t).div_ceil(n * tiles).min(mpanels).max(1) };
+        let panels = p.div_ceil(pw.nr);
+        let fewest = panels.div_ceil(NB / pw.nr);
+        let tiles = (TASKS_PER_THREAD * t / 2).div_ceil(n).clamp(fewest, panels.max(1));
+        let mpanels = pw.mpad / pw.mr;
+        let units = n * tiles;
+        let msplit = if units >= TASKS_PER_THREAD * t { 1 } else { (TASKS_PER_THREAD * t).div_ceil(units).min(mpanels).max(1) };
         let per_chunk = mpanels.div_ceil(msplit);
-        Plan { n, p, tiles, mpanels, msplit: mpanels.div_ceil(per_chunk), per_chunk }
+        Plan { n, p, panels, nr: pw.nr, tiles, mpanels, msplit: mpanels.div_ceil(per_chunk), per_chunk }
     }
 
     fn tasks(&self) -> usize {
@@ -164,9 +176,11 @@ impl Plan {
         (b, tile, mc * self.per_chunk, ((mc + 1) * self.per_chunk).min(self.mpanels))
     }
 
-    /// Columns `(n0, nb)` of a tile.
+    /// Columns `(n0, nb)` of a tile: micro-panels `tile * panels / tiles` up to the next
+    /// tile's first.
     fn cols(&self, tile: usize) -> (usize, usize) {
-        (tile * NB, NB.min(self.p - tile * NB))
+        let first = |t: usize| (t * self.panels / self.tiles * self.nr).min(self.p);
+        (first(tile), first(tile + 1) - first(tile))
     }
 }
 
