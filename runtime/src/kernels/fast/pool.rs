@@ -1,17 +1,17 @@
 //! Pooling kernels on NCHW: max/average pooling with PyTorch's padding and ceil-mode
 //! semantics, global average/max pooling.
 
-use super::{with_f32, Isa};
+use super::{uninit_vec, with_f32, Isa};
 use crate::kernels::cpu;
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
-
+use std::cell::RefCell;
 
 /// Max pooling (`count_include_pad == None`) or average pooling (`Some(count_include_pad)`)
 /// on NCHW `x`, PyTorch semantics: padding `[top, bottom, left, right]` (never read: -inf for
 /// max, and for average counted in the divisor only with `count_include_pad`, never the
 /// ceil-mode overhang past it), `ceil` output sizes, dilation (max only). Reads the input
-/// slices directly, one plane per task. `Ok(None)` when it does not apply.
+/// one plane per task, separably (see [`Separable`]). `Ok(None)` when it does not apply.
 pub fn pool2d(x: &Tensor, k: [usize; 2], s: [usize; 2], pad: [usize; 4], dil: [usize; 2], ceil: bool, avg: Option<bool>) -> Result<Option<Tensor>> {
     let (n, c, h, w) = x.dims4()?;
     if avg.is_some() && dil != [1, 1] {
@@ -44,36 +44,16 @@ pub fn pool2d(x: &Tensor, k: [usize; 2], s: [usize; 2], pad: [usize; 4], dil: [u
     if avg.is_some() && (ys.iter().any(|r| r.3 == 0) || xs.iter().any(|r| r.3 == 0)) {
         return Ok(None);
     }
+    let plan = Separable::new([h, w], k, s, pad, dil, [oh, ow], avg.is_some());
+    // Averages: the sums times 1 / divisor (within an ulp of PyTorch's division).
+    let inv: Vec<f32> = ys.iter().flat_map(|y| xs.iter().map(move |x| 1.0 / (y.3 * x.3) as f32)).collect();
     let out = with_f32(x, |v| {
-        let mut out = vec![0f32; n * c * oh * ow];
+        // Every element is written by its plane's task.
+        let mut out = uninit_vec(n * c * oh * ow);
         out.par_chunks_mut(oh * ow).zip(v.par_chunks(h * w)).for_each(|(o, p)| {
-            for (oy, &(ilo, ihi, y0, dy)) in ys.iter().enumerate() {
-                let orow = &mut o[oy * ow..(oy + 1) * ow];
-                for (d, &(jlo, jhi, x0, dx)) in orow.iter_mut().zip(&xs) {
-                    if avg.is_some() {
-                        let mut acc = 0f32;
-                        for i in ilo..ihi {
-                            let row = &p[(y0 + i as isize) as usize * w..][..w];
-                            for j in jlo..jhi {
-                                acc += row[(x0 + j as isize) as usize];
-                            }
-                        }
-                        *d = acc / (dy * dx) as f32;
-                    } else {
-                        let mut acc = f32::NEG_INFINITY;
-                        for i in ilo..ihi {
-                            let row = &p[(y0 + (i * dil[0]) as isize) as usize * w..][..w];
-                            for j in jlo..jhi {
-                                let v = row[(x0 + (j * dil[1]) as isize) as usize];
-                                // NaN propagates as in PyTorch.
-                                if v > acc || v.is_nan() {
-                                    acc = v;
-                                }
-                            }
-                        }
-                        *d = acc;
-                    }
-                }
+            SCRATCH.with(|sc| plan.plane(p, o, &mut sc.borrow_mut()));
+            if avg.is_some() {
+                o.iter_mut().zip(&inv).for_each(|(v, &r)| *v *= r);
             }
         });
         out
@@ -81,6 +61,73 @@ pub fn pool2d(x: &Tensor, k: [usize; 2], s: [usize; 2], pad: [usize; 4], dil: [u
     match out {
         Some(v) => Ok(Some(Tensor::from_vec(v, (n, c, oh, ow), &Device::Cpu)?)),
         None => Ok(None),
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Max (NaN-propagating, as PyTorch) of two values.
+#[inline(always)]
+fn max_nan(a: f32, b: f32) -> f32 {
+    if b > a || b.is_nan() {
+        b
+    } else {
+        a
+    }
+}
+
+/// One plane's pooling in two passes per output row: the window's input rows reduced into one
+/// row of the padded width (vectorised; padding and ceil-mode overhang hold the reduction's
+/// neutral value, `-inf` for max and `0` for sums, so they never count), then that row reduced
+/// along x (`ow` outputs). Sums come out undivided.
+struct Separable {
+    h: usize,
+    w: usize,
+    k: [usize; 2],
+    s: [usize; 2],
+    d: [usize; 2],
+    top: usize,
+    left: usize,
+    /// Padded row width read (padding and ceil-mode overhang included).
+    gw: usize,
+    ow: usize,
+    sum: bool,
+}
+
+impl Separable {
+    fn new(hw: [usize; 2], k: [usize; 2], s: [usize; 2], pad: [usize; 4], d: [usize; 2], out: [usize; 2], sum: bool) -> Separable {
+        let gw = ((out[1] - 1) * s[1] + (k[1] - 1) * d[1] + 1).max(pad[2] + hw[1]);
+        Separable { h: hw[0], w: hw[1], k, s, d, top: pad[0], left: pad[2], gw, ow: out[1], sum }
+    }
+
+    fn plane(&self, p: &[f32], o: &mut [f32], row: &mut Vec<f32>) {
+        let neutral = if self.sum { 0.0 } else { f32::NEG_INFINITY };
+        let ([kh, kw], [sy, sx], [dy, dx]) = (self.k, self.s, self.d);
+        row.resize(self.gw, neutral);
+        for (oy, out) in o.chunks_exact_mut(self.ow).enumerate() {
+            row.fill(neutral);
+            let inner = &mut row[self.left..self.left + self.w];
+            for i in 0..kh {
+                let Some(y) = (oy * sy + i * dy).checked_sub(self.top).filter(|&y| y < self.h) else { continue };
+                let src = &p[y * self.w..][..self.w];
+                if self.sum {
+                    inner.iter_mut().zip(src).for_each(|(v, &a)| *v += a);
+                } else {
+                    inner.iter_mut().zip(src).for_each(|(v, &a)| *v = max_nan(*v, a));
+                }
+            }
+            out.iter_mut().enumerate().for_each(|(ox, v)| *v = row[ox * sx]);
+            for j in 1..kw {
+                let r = &row[j * dx..];
+                if self.sum {
+                    out.iter_mut().enumerate().for_each(|(ox, v)| *v += r[ox * sx]);
+                } else {
+                    out.iter_mut().enumerate().for_each(|(ox, v)| *v = max_nan(*v, r[ox * sx]));
+                }
+            }
+        }
     }
 }
 
