@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// passes, summed by kind); `TLC_PROFILE=1` does the same.
     #[arg(long)]
     pub profile: bool,
+    /// Slowest nodes listed by `--profile`.
+    #[arg(long, default_value_t = 12)]
+    pub top: usize,
     /// Kernel level: avx512, avx2 or portable (default: `TLC_ISA`, else the best this CPU has).
     #[arg(long)]
     pub isa: Option<String>,
@@ -134,7 +137,7 @@ fn run(g: tlc_compiler::ir::Graph, a: &BenchArgs) -> anyhow::Result<()> {
         let mut nodes: Vec<(f64, NodeId)> = o.graph.nodes().filter(|(id, _)| best[id.index()].is_finite()).map(|(id, _)| (best[id.index()], id)).collect();
         nodes.sort_by(|a, b| b.0.total_cmp(&a.0));
         eprintln!("slowest nodes:");
-        for (t, id) in nodes.into_iter().take(12) {
+        for (t, id) in nodes.into_iter().take(a.top) {
             let node = o.graph.node(id);
             eprintln!("{t:9.3} ms  {} ({}, output {:?})", node.name, o.op_kind(id), node.shape.as_deref().unwrap_or(&[]));
         }

@@ -72,7 +72,8 @@ impl Isa {
 
 /// Defines `fn name(isa: Isa, args..) -> R` whose body is compiled three times: for AVX-512 and
 /// for AVX2+FMA (taken when `isa` allows it and the CPU has them, so plain loops
-/// auto-vectorise with 512- or 256-bit vectors) and as plain code. The body is an `#[inline(always)]` function, so it is compiled
+/// auto-vectorise with 512- or 256-bit vectors) and as plain code. The body sees a const
+/// `FMA: bool` (true in the first two) to pass on to [`mad`] users such as [`act_slice`]. The body is an `#[inline(always)]` function, so it is compiled
 /// inside the `target_feature` function whatever its size (a closure passed to a generic
 /// wrapper is not reliably inlined, and then runs without the features).
 macro_rules! dispatch {
@@ -82,18 +83,18 @@ macro_rules! dispatch {
         $vis fn $name(isa: $crate::kernels::cpu::Isa, $($a: $t),*) $(-> $r)? {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
-            fn body($($a: $t),*) $(-> $r)? $body
+            fn body<const FMA: bool>($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512($($a: $t),*) $(-> $r)? {
-                    body($($a),*)
+                    body::<true>($($a),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($a: $t),*) $(-> $r)? {
-                    body($($a),*)
+                    body::<true>($($a),*)
                 }
                 if isa >= $crate::kernels::cpu::Isa::Avx512 && $crate::kernels::cpu::Isa::Avx512.available() {
                     // SAFETY: the CPU has these AVX-512 subsets, AVX2 and FMA (checked just above).
@@ -105,7 +106,7 @@ macro_rules! dispatch {
                 }
             }
             let _ = isa;
-            body($($a),*)
+            body::<false>($($a),*)
         }
     };
 }
@@ -114,7 +115,7 @@ pub(crate) use dispatch;
 dispatch! {
     /// `v = act(v)`.
     pub(crate) fn act(a: Activation, v: &mut [f32]) {
-        act_slice(a, v)
+        act_slice::<FMA>(a, v)
     }
 }
 
@@ -126,7 +127,7 @@ dispatch! {
             v.iter_mut().for_each(|x| *x = *x * s + t);
         }
         if let Some(a) = a {
-            act_slice(a, v);
+            act_slice::<FMA>(a, v);
         }
         if m != 1.0 {
             v.iter_mut().for_each(|x| *x *= m);
@@ -139,7 +140,7 @@ dispatch! {
     pub(crate) fn affine_act_into(o: &mut [f32], x: &[f32], s: f32, t: f32, a: Option<Activation>) {
         o.iter_mut().zip(x).for_each(|(d, v)| *d = v * s + t);
         if let Some(a) = a {
-            act_slice(a, o);
+            act_slice::<FMA>(a, o);
         }
     }
 }
@@ -149,7 +150,7 @@ dispatch! {
     pub(crate) fn add_act_inplace(o: &mut [f32], r: &[f32], a: Option<Activation>) {
         o.iter_mut().zip(r).for_each(|(d, v)| *d += v);
         if let Some(a) = a {
-            act_slice(a, o);
+            act_slice::<FMA>(a, o);
         }
     }
 }
@@ -159,7 +160,7 @@ dispatch! {
     pub(crate) fn add_act_into(o: &mut [f32], x: &[f32], y: &[f32], a: Option<Activation>) {
         o.iter_mut().zip(x.iter().zip(y)).for_each(|(d, (u, v))| *d = u + v);
         if let Some(a) = a {
-            act_slice(a, o);
+            act_slice::<FMA>(a, o);
         }
     }
 }
@@ -168,7 +169,7 @@ dispatch! {
     /// `act(v)` in place, returning the sum of the result when `want_sum` (else 0).
     pub(crate) fn act_sum(a: Option<Activation>, v: &mut [f32], want_sum: bool) -> f32 {
         if let Some(a) = a {
-            act_slice(a, v);
+            act_slice::<FMA>(a, v);
         }
         if want_sum {
             sum_slice(v)
@@ -202,7 +203,7 @@ fn sum_slice(v: &[f32]) -> f32 {
 /// Applies `a` to every element of `v` (plain loops: callers run it inside a [`dispatch`]ed
 /// function).
 #[inline(always)]
-pub(crate) fn act_slice(a: Activation, v: &mut [f32]) {
+pub(crate) fn act_slice<const FMA: bool>(a: Activation, v: &mut [f32]) {
     match a {
         Activation::Relu => map_all(v, |x| x.max(0.0)),
         Activation::Relu6 => map_all(v, |x| x.clamp(0.0, 6.0)),
@@ -210,13 +211,13 @@ pub(crate) fn act_slice(a: Activation, v: &mut [f32]) {
             let s = s as f32;
             map_all(v, |x| if x < 0.0 { x * s } else { x })
         }
-        Activation::Silu => map_all(v, |x| x / (1.0 + exp_f32(-x))),
+        Activation::Silu => map_all(v, |x| x / (1.0 + exp_f32::<FMA>(-x))),
         Activation::HardSwish => map_all(v, |x| x * (x + 3.0).clamp(0.0, 6.0) / 6.0),
         Activation::HardSigmoid => map_all(v, |x| (x + 3.0).clamp(0.0, 6.0) / 6.0),
-        Activation::Sigmoid => map_all(v, |x| 1.0 / (1.0 + exp_f32(-x))),
+        Activation::Sigmoid => map_all(v, |x| 1.0 / (1.0 + exp_f32::<FMA>(-x))),
         Activation::Tanh => v.iter_mut().for_each(|x| *x = x.tanh()),
         Activation::Mish => v.iter_mut().for_each(|x| *x *= (x.max(0.0) + (-x.abs()).exp().ln_1p()).tanh()),
-        Activation::Gelu => map_all(v, |x| 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))),
+        Activation::Gelu => map_all(v, |x| 0.5 * x * (1.0 + erf_f32::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2))),
     }
 }
 
@@ -227,24 +228,36 @@ pub(crate) fn map_all(v: &mut [f32], f: impl Fn(f32) -> f32) {
     v.iter_mut().for_each(|x| *x = f(*x));
 }
 
+/// `a * b + c`: one fused multiply-add where the caller is compiled with FMA (`FMA`), else a
+/// multiply and an add (a software `fma` would be slow). The two round differently, by at
+/// most an ulp.
+#[inline(always)]
+pub(crate) fn mad<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// `erf` as a rational function on [-4, 4] (Eigen's/XLA's single-precision approximation,
 /// within a few ulp; branch-free so it vectorizes).
 #[inline(always)]
-pub(crate) fn erf_f32(x: f32) -> f32 {
+pub(crate) fn erf_f32<const FMA: bool>(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10_f32;
-    p = p * x2 + 2.770_681_4e-8;
-    p = p * x2 - 2.101_024e-6;
-    p = p * x2 - 5.692_506_4e-5;
-    p = p * x2 - 7.349_906_3e-4;
-    p = p * x2 - 2.954_6e-3;
-    p = p * x2 - 1.609_603_3e-2;
+    p = mad::<FMA>(p, x2, 2.770_681_4e-8);
+    p = mad::<FMA>(p, x2, -2.101_024e-6);
+    p = mad::<FMA>(p, x2, -5.692_506_4e-5);
+    p = mad::<FMA>(p, x2, -7.349_906_3e-4);
+    p = mad::<FMA>(p, x2, -2.954_6e-3);
+    p = mad::<FMA>(p, x2, -1.609_603_3e-2);
     let mut q = -1.456_607_2e-5_f32;
-    q = q * x2 - 2.133_740_6e-4;
-    q = q * x2 - 1.682_827e-3;
-    q = q * x2 - 7.373_329e-3;
-    q = q * x2 - 1.426_474e-2;
+    q = mad::<FMA>(q, x2, -2.133_740_6e-4);
+    q = mad::<FMA>(q, x2, -1.682_827e-3);
+    q = mad::<FMA>(q, x2, -7.373_329e-3);
+    q = mad::<FMA>(q, x2, -1.426_474e-2);
     x * p / q
 }
 
@@ -254,19 +267,19 @@ pub(crate) fn erf_f32(x: f32) -> f32 {
 /// 2 ulp of libm where the result is normal. The input is clamped to [-87.3, 88.7] (so
 /// `1 / (1 + exp(-x))` saturates to 0 and 1).
 #[inline(always)]
-pub(crate) fn exp_f32(x: f32) -> f32 {
+pub(crate) fn exp_f32<const FMA: bool>(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
-    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let t = mad::<FMA>(x, std::f32::consts::LOG2_E, ROUND);
     let n = t - ROUND;
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let r = mad::<FMA>(n, 2.121_944_4e-4, mad::<FMA>(n, -0.693_359_4, x));
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5e-1;
-    let e = p * r * r + r + 1.0;
+    p = mad::<FMA>(p, r, 1.398_199_9e-3);
+    p = mad::<FMA>(p, r, 8.333_452e-3);
+    p = mad::<FMA>(p, r, 4.166_579_6e-2);
+    p = mad::<FMA>(p, r, 1.666_666_5e-1);
+    p = mad::<FMA>(p, r, 5e-1);
+    let e = mad::<FMA>(p * r, r, r + 1.0);
     // The low bits of `t` are `n` (two's complement); shifted into the exponent field, the
     // rest of `t`'s bits fall off.
     e * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
@@ -278,9 +291,9 @@ mod tests {
 
     #[test]
     fn exp_and_erf_close_to_libm() {
-        let worst = (-870..880).map(|i| i as f32 * 0.1).map(|x| ((exp_f32(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs()).fold(0.0, f64::max);
+        let worst = (-870..880).map(|i| i as f32 * 0.1).map(|x| ((exp_f32::<false>(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs()).fold(0.0, f64::max);
         assert!(worst < 1e-6, "exp {worst}");
-        let worst = (-6000..6000).map(|i| i as f32 * 1e-3).map(|x| (erf_f32(x) as f64 - libm::erf(x as f64)).abs()).fold(0.0, f64::max);
+        let worst = (-6000..6000).map(|i| i as f32 * 1e-3).map(|x| (erf_f32::<false>(x) as f64 - libm::erf(x as f64)).abs()).fold(0.0, f64::max);
         assert!(worst < 1e-6, "erf {worst}");
     }
 
@@ -288,12 +301,12 @@ mod tests {
     fn silu_and_sigmoid_saturate() {
         let mut v = vec![-200.0f32, -90.0, -20.0, 0.0, 20.0, 90.0, 200.0];
         let want: Vec<f32> = v.iter().map(|&x| (x as f64 / (1.0 + (-x as f64).exp())) as f32).collect();
-        act_slice(Activation::Silu, &mut v);
+        act_slice::<false>(Activation::Silu, &mut v);
         for (a, b) in v.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
         }
         let mut s = vec![-200.0f32, 0.0, 200.0];
-        act_slice(Activation::Sigmoid, &mut s);
+        act_slice::<false>(Activation::Sigmoid, &mut s);
         assert!(s[0] < 1e-30 && s[1] == 0.5 && s[2] == 1.0, "{s:?}");
     }
 
@@ -301,7 +314,7 @@ mod tests {
     fn mish_matches_the_portable_kernel() {
         let x = candle_core::Tensor::arange(-120i64, 120, &candle_core::Device::Cpu).unwrap().to_dtype(candle_core::DType::F32).unwrap().affine(0.1, 0.0).unwrap();
         let mut v: Vec<f32> = x.to_vec1().unwrap();
-        act_slice(Activation::Mish, &mut v);
+        act_slice::<false>(Activation::Mish, &mut v);
         let want: Vec<f32> = crate::kernels::mish(&x).unwrap().to_vec1().unwrap();
         let worst = v.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(worst < 1e-5, "{worst}");

@@ -33,8 +33,6 @@ pub(crate) struct Layout {
     g: Plane,
     /// Lanes per unit.
     v: usize,
-    /// Units per output row.
-    chunks: usize,
     /// Width of one phase.
     wq: usize,
     /// Floats per padded row (`stride * wq`).
@@ -43,6 +41,18 @@ pub(crate) struct Layout {
     rows: usize,
     /// Per tap `(i, j)`: its offset from a unit's first input.
     offs: Vec<usize>,
+    /// Per unit (row `u / chunks`, columns from `(u % chunks) * v`): the index of its first
+    /// input in the scratch, of its first output, and its output count (found once per conv,
+    /// not with two divisions per unit and plane).
+    units: Vec<Unit>,
+}
+
+/// One output unit of a [`Layout`].
+#[derive(Clone, Copy, Debug)]
+struct Unit {
+    base: usize,
+    at: usize,
+    n: usize,
 }
 
 impl Layout {
@@ -60,25 +70,17 @@ impl Layout {
                 i * g.dil[0] * rs + (j * d % s) * wq + j * d / s
             })
             .collect();
-        Layout { g, v, chunks, wq, rs, rows, offs }
+        let units = (0..g.oh * chunks)
+            .map(|u| {
+                let (oy, c) = (u / chunks, u % chunks);
+                Unit { base: oy * g.stride[0] * rs + c * v, at: oy * g.ow + c * v, n: v.min(g.ow - c * v) }
+            })
+            .collect();
+        Layout { g, v, wq, rs, rows, offs, units }
     }
 
     fn len(&self) -> usize {
         self.rows * self.rs
-    }
-
-    /// Index of the first input of unit `u` (row `u / chunks`, columns from `(u % chunks) * v`).
-    #[inline(always)]
-    fn base(&self, u: usize) -> usize {
-        (u / self.chunks) * self.g.stride[0] * self.rs + (u % self.chunks) * self.v
-    }
-
-    /// Where unit `u`'s outputs go: (index of the first, how many).
-    #[inline(always)]
-    fn out_span(&self, u: usize) -> (usize, usize) {
-        let (oy, c) = (u / self.chunks, u % self.chunks);
-        let x0 = c * self.v;
-        (oy * self.g.ow + x0, self.v.min(self.g.ow - x0))
     }
 
     /// Copies plane `x` (`[h, w]`) into `dst` (`len()` floats): zero padding, phase split.
@@ -197,8 +199,8 @@ fn compute(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, isa: Isa, o: &mut [f32]
 
 fn units_portable(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, o: &mut [f32]) {
     let mut acc = [0f32; 8];
-    for u in 0..l.g.oh * l.chunks {
-        let b = l.base(u);
+    for unit in &l.units {
+        let b = unit.base;
         acc.fill(b0);
         for (t, &off) in l.offs.iter().enumerate() {
             let src = &scr[b + off..][..8];
@@ -206,8 +208,7 @@ fn units_portable(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, o: &mut [f32]) {
                 *a += wc[t] * x;
             }
         }
-        let (at, n) = l.out_span(u);
-        o[at..at + n].copy_from_slice(&acc[..n]);
+        o[unit.at..unit.at + unit.n].copy_from_slice(&acc[..unit.n]);
     }
 }
 
@@ -218,14 +219,15 @@ macro_rules! units_simd {
         #[target_feature(enable = $feat)]
         unsafe fn $name(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, o: &mut [f32]) {
             use std::arch::x86_64::*;
-            let units = l.g.oh * l.chunks;
+            let units = l.units.len();
             let end = l.len();
             let sp = scr.as_ptr();
             let bias = $set1(b0);
             let mut tmp = [[0f32; $lanes]; 4];
             let mut u = 0;
             while u + 4 <= units {
-                let bs = [l.base(u), l.base(u + 1), l.base(u + 2), l.base(u + 3)];
+                let us = [l.units[u], l.units[u + 1], l.units[u + 2], l.units[u + 3]];
+                let bs = [us[0].base, us[1].base, us[2].base, us[3].base];
                 debug_assert!(bs[3] + l.offs[l.offs.len() - 1] + $lanes <= end);
                 let (mut a0, mut a1, mut a2, mut a3): ($vec, $vec, $vec, $vec) = (bias, bias, bias, bias);
                 for (t, &off) in l.offs.iter().enumerate() {
@@ -236,26 +238,25 @@ macro_rules! units_simd {
                     a3 = $fma(w, $load(sp.add(bs[3] + off)), a3);
                 }
                 for (k, a) in [a0, a1, a2, a3].into_iter().enumerate() {
-                    let (at, n) = l.out_span(u + k);
+                    let Unit { at, n, .. } = us[k];
                     if n == $lanes {
                         $store(o.as_mut_ptr().add(at), a);
                     } else {
                         $store(tmp[k].as_mut_ptr(), a);
-                        o[at..at + n].copy_from_slice(&tmp[k][..n]);
+                        o[at..at + n].iter_mut().zip(&tmp[k]).for_each(|(d, &v)| *d = v);
                     }
                 }
                 u += 4;
             }
             while u < units {
-                let b = l.base(u);
+                let Unit { base: b, at, n } = l.units[u];
                 debug_assert!(b + l.offs[l.offs.len() - 1] + $lanes <= end);
                 let mut a0: $vec = bias;
                 for (t, &off) in l.offs.iter().enumerate() {
                     a0 = $fma($set1(*wc.get_unchecked(t)), $load(sp.add(b + off)), a0);
                 }
                 $store(tmp[0].as_mut_ptr(), a0);
-                let (at, n) = l.out_span(u);
-                o[at..at + n].copy_from_slice(&tmp[0][..n]);
+                o[at..at + n].iter_mut().zip(&tmp[0]).for_each(|(d, &v)| *d = v);
                 u += 1;
             }
             let _ = end;

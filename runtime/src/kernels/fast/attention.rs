@@ -94,7 +94,7 @@ dispatch! {
     fn softmax_rows(sc: &mut [f32], l: usize) {
         for row in sc.chunks_mut(l) {
             let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            row.iter_mut().for_each(|x| *x = exp_f32(*x - m));
+            row.iter_mut().for_each(|x| *x = exp_f32::<FMA>(*x - m));
             let inv = 1.0 / row.iter().sum::<f32>();
             row.iter_mut().for_each(|x| *x *= inv);
         }
