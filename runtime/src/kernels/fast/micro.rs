@@ -88,6 +88,57 @@ pub(super) unsafe fn micro<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c:
     }
 }
 
+/// Columns up to which [`narrow`] replaces the full kernel on a micro-panel's last columns.
+pub(super) const NARROW_MAX: usize = 4;
+
+/// `C[rows, ncols] (= bias | +=) A * B` for the few valid columns of a micro-panel (the last
+/// positions of a 7x7 or 14x14 map, say): A's `MR` values of each k are one vector, each valid
+/// column of B is broadcast, so the work is `ncols` FMAs per k instead of a full tile's.
+/// Returns `false` (nothing done) where kernel `m` has no narrow form or `ncols` is too large.
+///
+/// # Safety
+/// As [`micro`], with `c` valid for `nrows` rows of `ncols` floats, `bias` (when given) for MR.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn narrow<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, nrows: usize, ncols: usize) -> bool {
+    if ncols == 0 || ncols > NARROW_MAX {
+        return false;
+    }
+    match m {
+        #[cfg(target_arch = "x86_64")]
+        Micro::Avx512Tall => narrow_16(kc, a, b, c, ldc, bias, nrows, ncols),
+        _ => return false,
+    }
+    true
+}
+
+/// [`narrow`] for the 16-row AVX-512 kernel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn narrow_16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, nrows: usize, ncols: usize) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); NARROW_MAX];
+    for kk in 0..kc {
+        let av = _mm512_loadu_ps(a.add(kk * 16));
+        let bp = b.row(kk);
+        for (j, acc) in acc.iter_mut().enumerate().take(ncols) {
+            *acc = _mm512_fmadd_ps(av, _mm512_set1_ps(*bp.add(j)), *acc);
+        }
+    }
+    let mut t = [0f32; 16];
+    for (j, acc) in acc.iter().enumerate().take(ncols) {
+        _mm512_storeu_ps(t.as_mut_ptr(), *acc);
+        for (r, &v) in t.iter().enumerate().take(nrows) {
+            let p = c.add(r * ldc + j);
+            *p = match bias {
+                Some(bv) => bv[r] + v,
+                None => *p + v,
+            };
+        }
+    }
+}
+
 /// The portable micro-kernel (plain loops).
 unsafe fn kernel_4x8<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
     let mut acc = [[0f32; 8]; 4];

@@ -21,7 +21,7 @@
 
 use super::cols::{Cols, Source};
 pub use super::cols::{Affine, ConvInput};
-use super::micro::{micro, Gather, Micro, Packed, Rows};
+use super::micro::{micro, narrow, Gather, Micro, Packed, Rows, NARROW_MAX};
 use super::{threads, uninit_vec, Geo, Isa, NB};
 use crate::kernels::cpu;
 use rayon::prelude::*;
@@ -379,6 +379,9 @@ unsafe fn run_kblock<R: Rows>(pw: &PackedWeights, k0: usize, kcl: usize, rows: i
                 let nrows = mr.min(pw.co - row);
                 let bias = first.then(|| &pw.bias[row..row + mr]);
                 let cp = c.add((row - mlo * mr) * ldc + col);
+                if ncols <= NARROW_MAX && ncols < nr && narrow(pw.micro, kcl, ap, bp, cp, ldc, bias, nrows, ncols) {
+                    continue;
+                }
                 if !exact || (nrows == mr && ncols == nr) {
                     micro(pw.micro, kcl, ap, bp, cp, ldc, bias);
                 } else {
