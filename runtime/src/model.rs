@@ -112,7 +112,23 @@ impl Model {
 
 /// Runs `graph` on `x` in node order with `eval` for every node but the input, returns the
 /// output and the values of `taps`, and frees each value once `last_use` says its last reader ran.
+/// The loop runs on a worker of rayon's pool: each op's parallel loop then starts on this
+/// thread and wakes only the others, instead of blocking the caller and waking every worker
+/// (and the caller stays off the cores the workers compute on).
 pub(crate) fn run_graph(
+    graph: &Graph,
+    last_use: &[usize],
+    x: &Tensor,
+    taps: &[NodeId],
+    eval: impl FnMut(NodeId, &Node, &[Tensor]) -> Result<Tensor> + Send,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    if rayon::current_thread_index().is_some() {
+        return run_nodes(graph, last_use, x, taps, eval);
+    }
+    rayon::join(|| run_nodes(graph, last_use, x, taps, eval), || ()).0
+}
+
+fn run_nodes(
     graph: &Graph,
     last_use: &[usize],
     x: &Tensor,

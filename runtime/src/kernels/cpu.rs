@@ -26,8 +26,13 @@ impl Isa {
         *BEST.get_or_init(|| [Isa::Avx512, Isa::Avx2].into_iter().find(|i| i.available()).unwrap_or(Isa::Portable))
     }
 
-    /// Whether this CPU supports the level.
+    /// Whether this CPU supports the level (detected once: kernels ask on every call).
     pub fn available(self) -> bool {
+        static LEVELS: std::sync::OnceLock<[bool; 3]> = std::sync::OnceLock::new();
+        LEVELS.get_or_init(|| [Isa::Portable, Isa::Avx2, Isa::Avx512].map(Isa::supported))[self as usize]
+    }
+
+    fn supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = || std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
