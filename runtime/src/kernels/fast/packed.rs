@@ -338,7 +338,9 @@ pub fn conv(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, residual: 
 fn pack_all(cols: &Cols, g: &Geo, pw: &PackedWeights, plan: &Plan) -> Vec<f32> {
     let kblocks = pw.k.div_ceil(pw.kc);
     let nr = pw.nr;
-    let mut v = vec![0f32; plan.n * plan.tiles * pw.k * NB];
+    // Each tile's `k * np * NR` packed floats (zeros past its columns included) are written
+    // below; the rest of its `k * NB` stride is never read.
+    let mut v = uninit_vec(plan.n * plan.tiles * pw.k * NB);
     v.par_chunks_mut(pw.k * NB).enumerate().for_each(|(bt, chunk)| {
         let (b, tile) = (bt / plan.tiles, bt % plan.tiles);
         let (n0, nb) = plan.cols(tile);
