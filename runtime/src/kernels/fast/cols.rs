@@ -3,6 +3,7 @@
 //! then either packed as im2col micro-panels per tile, read in place (plain 1x1 convs), or
 //! copied once into a zero-padded, stride-phase grid whose every im2col row is contiguous.
 
+use super::micro::NARROW_MAX;
 use super::{Geo, Isa, NB};
 use crate::kernels::cpu;
 use rayon::prelude::*;
@@ -233,7 +234,9 @@ pub(super) enum Cols<'a> {
 impl<'a> Cols<'a> {
     /// The phase grid for convs where it wastes little (strides and padding only widen its
     /// rows by a few columns), else im2col (1x1 stride-1 convs read their planes directly).
-    pub(super) fn new(src: &'a Source<'a>, n: usize, g: &Geo) -> Cols<'a> {
+    /// `narrow`: the kernel computes a micro-panel's last few columns narrowly (see
+    /// [`super::micro::narrow`]), so only wider tails cost a whole micro-panel.
+    pub(super) fn new(src: &'a Source<'a>, n: usize, g: &Geo, narrow: bool) -> Cols<'a> {
         let [sy, sx] = g.stride;
         let (wp, hp) = (g.w + g.pad[2] + g.pad[3], g.h + g.pad[0] + g.pad[1]);
         let (hq, wq) = (hp.div_ceil(sy), wp.div_ceil(sx));
@@ -243,8 +246,13 @@ impl<'a> Cols<'a> {
             let hw = g.h * g.w;
             return Cols::Direct { src, data: src.input.parts[0].0, img: g.c * hw, offs: (0..g.c).map(|c| c * hw).collect() };
         }
-        // Compared in micro-panels of 16 columns: a small map rounds up either way.
-        if pointwise || grid.div_ceil(16) * 4 > (g.oh * g.ow).div_ceil(16) * 5 {
+        // Compared in columns computed by micro-panels of 16: a small map rounds up either way.
+        let computed = |cols: usize| match cols % 16 {
+            0 => cols,
+            r if narrow && r <= NARROW_MAX => cols,
+            r => cols - r + 16,
+        };
+        if pointwise || computed(grid) * 4 >= computed(g.oh * g.ow) * 5 {
             return Cols::Im2col(src);
         }
         let phase = hq * wq;
