@@ -88,6 +88,21 @@ impl<'a> Source<'a> {
         cpu::affine_act(self.isa, seg, s, t, act, m);
     }
 
+    /// [`Source::transform`] of `rows` consecutive rows of `len` floats in `block`, row `r`
+    /// holding values of channel `ch0 + r` of image `b`: one call for a whole micro-panel.
+    pub(super) fn transform_rows(&self, b: usize, ch0: usize, len: usize, block: &mut [f32]) {
+        if self.plain {
+            return;
+        }
+        let rows = block.len() / len;
+        let (s, t, act): (&[f32], &[f32], _) = match &self.input.affine {
+            Some(a) => (&a.scale[ch0..ch0 + rows], &a.shift[ch0..ch0 + rows], a.act),
+            None => (&[], &[], None),
+        };
+        let m: &[f32] = self.input.gate.map_or(&[], |gate| &gate[b * self.c + ch0..][..rows]);
+        cpu::affine_act_rows(self.isa, block, len, s, t, act, m);
+    }
+
 }
 
 /// A stretch of a tile's columns that lies in one output row and one micro-panel.
@@ -153,10 +168,16 @@ fn pack_b(src: &Source, b: usize, g: &Geo, k0: usize, kcl: usize, n0: usize, nb:
             let d = &mut dst[(run.jp * kcl + kk) * nr + run.off..][..run.len];
             if pointwise {
                 copy_short(d, &plane[run.ox..run.ox + run.len]);
-                src.transform(b, c, d);
             } else {
                 pack_run(src, b, c, plane, g, yoff, xoff, run, d);
             }
+        }
+    }
+    if pointwise {
+        // Row kk of every micro-panel is channel k0 + kk: the prologue once per micro-panel
+        // (the zeros past the tile become `shift`: columns whose outputs are never kept).
+        for block in dst[..np * kcl * nr].chunks_exact_mut(kcl * nr) {
+            src.transform_rows(b, k0, nr, block);
         }
     }
 }
