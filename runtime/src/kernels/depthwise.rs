@@ -162,11 +162,11 @@ pub(crate) fn plane(x: &[f32], wc: &[f32], b0: f32, l: &Layout, act: Option<Acti
     assert!(x.len() >= g.h * g.w && wc.len() == g.kh * g.kw && o.len() == g.oh * g.ow, "depthwise plane: bad slice lengths");
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
-        if s.len() < l.len() {
-            s.resize(l.len(), 0.0);
+        if s.len() < l.len() + SLACK {
+            s.resize(l.len() + SLACK, 0.0);
         }
-        let scr = &mut s[..l.len()];
-        fill(isa, l, x, scr);
+        let scr = &mut s[..l.len() + SLACK];
+        fill(isa, l, x, &mut scr[..l.len()]);
         compute(scr, wc, b0, l, isa, o);
     });
     act_sum(isa, act, o, want_sum)
@@ -178,9 +178,29 @@ dispatch! {
     }
 }
 
+/// Floats after the scratch that [`rows_avx512`] may load (and never use).
+const SLACK: usize = 16;
+
+/// `scr`: the filled scratch and [`SLACK`] floats after it.
 fn compute(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, isa: Isa, o: &mut [f32]) {
+    let g = &l.g;
     #[cfg(target_arch = "x86_64")]
     {
+        if isa >= Isa::Avx512 && l.v == 16 && g.stride == [1, 1] && g.dil == [1, 1] && Isa::Avx512.available() {
+            // SAFETY: the CPU has AVX-512 (checked just above); every load lies within the
+            // scratch and its slack (see `rows_avx512`), every store within `o`.
+            let done = unsafe {
+                match g.kw {
+                    3 => rows_avx512::<3>(scr, wc, b0, l, o),
+                    5 => rows_avx512::<5>(scr, wc, b0, l, o),
+                    7 => rows_avx512::<7>(scr, wc, b0, l, o),
+                    _ => false,
+                }
+            };
+            if done {
+                return;
+            }
+        }
         if isa >= Isa::Avx512 && l.v == 16 && Isa::Avx512.available() {
             // SAFETY: the CPU has AVX-512 (checked just above); `Layout` bounds every read
             // to `scr` (`rows * rs` floats: the last unit's last tap ends at its end); a full
@@ -198,6 +218,90 @@ fn compute(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, isa: Isa, o: &mut [f32]
     units_portable(scr, wc, b0, l, o)
 }
 
+
+/// Stride-1 AVX-512 depthwise by output row: up to four 16-lane units of a row share each input
+/// row's `G + 1` vector loads, the `KW` horizontal taps made from them by lane shifts (`valignd`)
+/// instead of one unaligned load per tap and unit. Returns `false` for unsupported shapes.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `scr` holds the filled scratch plus [`SLACK`] floats (a group's
+/// last load may start at the scratch's last padded column and read 16 floats).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn rows_avx512<const KW: usize>(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, o: &mut [f32]) -> bool {
+    let g = &l.g;
+    let chunks = g.ow.div_ceil(16);
+    if g.kw != KW || wc.len() != g.kh * KW || scr.len() < l.len() + SLACK || o.len() < g.oh * g.ow {
+        return false;
+    }
+    for oy in 0..g.oh {
+        let mut c0 = 0;
+        while c0 < chunks {
+            let n = (chunks - c0).min(4);
+            match n {
+                4 => row_group::<KW, 4>(scr, wc, b0, l, oy, c0, o),
+                3 => row_group::<KW, 3>(scr, wc, b0, l, oy, c0, o),
+                2 => row_group::<KW, 2>(scr, wc, b0, l, oy, c0, o),
+                _ => row_group::<KW, 1>(scr, wc, b0, l, oy, c0, o),
+            }
+            c0 += n;
+        }
+    }
+    true
+}
+
+/// `G` units of output row `oy` from unit `c0` on (see [`rows_avx512`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn row_group<const KW: usize, const G: usize>(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, oy: usize, c0: usize, o: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let g = &l.g;
+    let mut acc = [_mm512_set1_ps(b0); G];
+    for i in 0..g.kh {
+        // Stride 1: one phase, padded rows `rs` apart; unit c reads from column 16 c.
+        let row = scr.as_ptr().add((oy + i) * l.rs + c0 * 16);
+        let mut v = [_mm512_setzero_ps(); 5];
+        for (m, vm) in v.iter_mut().enumerate().take(G + 1) {
+            *vm = _mm512_loadu_ps(row.add(m * 16));
+        }
+        for j in 0..KW {
+            let w = _mm512_set1_ps(*wc.get_unchecked(i * KW + j));
+            for m in 0..G {
+                acc[m] = _mm512_fmadd_ps(w, shifted(v[m + 1], v[m], j), acc[m]);
+            }
+        }
+    }
+    for (m, a) in acc.into_iter().enumerate() {
+        let x0 = (c0 + m) * 16;
+        let n = 16.min(g.ow - x0);
+        let at = o.as_mut_ptr().add(oy * g.ow + x0);
+        if n == 16 {
+            _mm512_storeu_ps(at, a);
+        } else {
+            _mm512_mask_storeu_ps(at, ((1u32 << n) - 1) as __mmask16, a);
+        }
+    }
+}
+
+/// Lanes `j..16` of `lo` followed by lanes `0..j` of `hi` (`j < 8`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn shifted(hi: std::arch::x86_64::__m512, lo: std::arch::x86_64::__m512, j: usize) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm512_castps_si512(hi), _mm512_castps_si512(lo));
+    _mm512_castsi512_ps(match j {
+        0 => b,
+        1 => _mm512_alignr_epi32::<1>(a, b),
+        2 => _mm512_alignr_epi32::<2>(a, b),
+        3 => _mm512_alignr_epi32::<3>(a, b),
+        4 => _mm512_alignr_epi32::<4>(a, b),
+        5 => _mm512_alignr_epi32::<5>(a, b),
+        6 => _mm512_alignr_epi32::<6>(a, b),
+        _ => _mm512_alignr_epi32::<7>(a, b),
+    })
+}
 
 fn units_portable(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, o: &mut [f32]) {
     let mut acc = [0f32; 8];
