@@ -205,6 +205,21 @@ dispatch! {
 }
 
 dispatch! {
+    /// The dot product of `a` and `b` (16 interleaved partial sums, as [`sum`]).
+    pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 16];
+        let (mut ca, mut cb) = (a.chunks_exact(16), b.chunks_exact(16));
+        for (x, y) in (&mut ca).zip(&mut cb) {
+            for ((s, &u), &v) in acc.iter_mut().zip(x).zip(y) {
+                *s = mad::<FMA>(u, v, *s);
+            }
+        }
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(u, v)| u * v).sum();
+        acc.iter().sum::<f32>() + tail
+    }
+}
+
+dispatch! {
     /// The sum of `v`.
     pub(crate) fn sum(v: &[f32]) -> f32 {
         sum_slice(v)

@@ -29,8 +29,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Option<Activation
             if let Some(bv) = &bias_v {
                 out.par_chunks_mut(outf).for_each(|r| r.copy_from_slice(bv));
             }
-            // out[rows, out] (+)= x[rows, in] * w^T.
-            gemm(&mut out, outf, bias_v.is_some(), Mat::rows(xs, rows, inf), Mat::rows(ws, outf, inf).t(), 1.0, threads());
+            if rows <= GEMV_ROWS {
+                gemv(&mut out, xs, ws, rows, inf, outf, isa);
+            } else {
+                // out[rows, out] (+)= x[rows, in] * w^T.
+                gemm(&mut out, outf, bias_v.is_some(), Mat::rows(xs, rows, inf), Mat::rows(ws, outf, inf).t(), 1.0, threads());
+            }
             if let Some(a) = act {
                 let chunk = out.len().div_ceil(threads() * 4).max(1024);
                 out.par_chunks_mut(chunk).for_each(|v| cpu::act(isa, a, v));
@@ -45,6 +49,28 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Option<Activation
     match out.flatten() {
         Some(v) => Ok(Some(Tensor::from_vec(v, shape, &Device::Cpu)?)),
         None => Ok(None),
+    }
+}
+
+/// Rows up to which [`linear`] streams the weights itself ([`gemv`]) instead of calling a GEMM.
+const GEMV_ROWS: usize = 4;
+
+/// `out[r, o] += x[r] . w[o]` for a few rows: the weights (a classifier's hundreds of
+/// megabytes) read once, in row blocks spread over the threads, each weight row dotted with
+/// every input row while it is in cache.
+fn gemv(out: &mut [f32], xs: &[f32], ws: &[f32], rows: usize, inf: usize, outf: usize, isa: Isa) {
+    let block = outf.div_ceil(threads() * 8).clamp(1, 256);
+    let mut sums = vec![0f32; outf * rows];
+    sums.par_chunks_mut(block * rows).enumerate().for_each(|(bi, chunk)| {
+        for (k, s) in chunk.iter_mut().enumerate() {
+            let (o, r) = (bi * block + k / rows, k % rows);
+            *s = cpu::dot(isa, &ws[o * inf..][..inf], &xs[r * inf..][..inf]);
+        }
+    });
+    for (o, sr) in sums.chunks_exact(rows).enumerate() {
+        for (r, &v) in sr.iter().enumerate() {
+            out[r * outf + o] += v;
+        }
     }
 }
 

@@ -54,6 +54,24 @@ fn fast_conv_matches_portable() {
 }
 
 #[test]
+fn linear_of_few_rows_streams_the_weights() {
+    // Rows up to GEMV_ROWS take the matrix-vector path: odd lengths, several row blocks.
+    for rows in 1..=3 {
+        let x = sin_input(&[rows, 37]);
+        let w = cos_input(&[300, 37], 0.3);
+        let b = cos_input(&[300], 0.1);
+        let want = crate::exec::linear(&x, &w, Some(&b)).unwrap().relu().unwrap();
+        for isa in Isa::all_available() {
+            let got = linear(&x, &w, Some(&b), Some(Activation::Relu), isa).unwrap().unwrap();
+            assert!(max_diff(&got, &want) < 1e-5, "{rows} rows, {isa:?}: {}", max_diff(&got, &want));
+        }
+        let got = linear(&x, &w, None, None, Isa::detect()).unwrap().unwrap();
+        let want = crate::exec::linear(&x, &w, None).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{rows} rows, no bias");
+    }
+}
+
+#[test]
 fn linear_and_layer_norm() {
     let x = sin_input(&[2, 5, 7]);
     let w = cos_input(&[6, 7], 0.3);
