@@ -279,12 +279,12 @@ impl OptimizedModel {
             Op::MaxPool { kernel, stride, padding, dilation, ceil } if act.is_none() && ins[0].rank() == 4 => {
                 let (_, _, h, w) = ins[0].dims4()?;
                 let pad = resolve_padding(*padding, [h, w], *kernel, *stride, *dilation);
-                fast::pool2d(&ins[0], *kernel, *stride, pad, *dilation, *ceil, None)?
+                fast::pool2d(&ins[0], *kernel, *stride, pad, *dilation, *ceil, None, isa)?
             }
             Op::AvgPool { kernel, stride, padding, ceil, count_include_pad } if act.is_none() && ins[0].rank() == 4 => {
                 let (_, _, h, w) = ins[0].dims4()?;
                 let pad = resolve_padding(*padding, [h, w], *kernel, *stride, [1, 1]);
-                fast::pool2d(&ins[0], *kernel, *stride, pad, [1, 1], *ceil, Some(*count_include_pad))?
+                fast::pool2d(&ins[0], *kernel, *stride, pad, [1, 1], *ceil, Some(*count_include_pad), isa)?
             }
             Op::GlobalPool { max } if act.is_none() && ins[0].rank() == 4 => fast::global_pool(&ins[0], *max, isa)?,
             Op::AdaptiveAvgPool { size } if act.is_none() && ins[0].rank() == 4 && ins[0].dims()[2..] == size[..] => Some(ins[0].clone()),

@@ -103,18 +103,28 @@ fn pooling_matches_portable() {
         ([1, 2, 8, 8], [2, 2], [2, 2], [0; 4], [1, 1], false, true),
         ([1, 2, 10, 7], [3, 2], [2, 1], [1, 0, 0, 1], [1, 1], true, false),
         ([1, 2, 10, 10], [3, 3], [1, 1], [2; 4], [2, 2], false, true),
+        // Stride 2 along x (even/odd split): odd widths, ceil mode, kernels 2, 3 and 5.
+        ([1, 2, 13, 15], [3, 3], [2, 2], [1; 4], [1, 1], true, false),
+        ([1, 2, 9, 11], [2, 2], [2, 2], [0; 4], [1, 1], true, true),
+        ([1, 1, 12, 17], [5, 5], [2, 2], [2; 4], [1, 1], false, true),
+        ([1, 2, 35, 35], [3, 3], [2, 2], [0; 4], [1, 1], false, true),
+        // Same-size stride 1 on whole planes: kernels 3 and 5, asymmetric padding.
+        ([1, 2, 7, 17], [5, 5], [1, 1], [2; 4], [1, 1], false, false),
+        ([1, 2, 6, 5], [2, 3], [1, 1], [1, 0, 2, 0], [1, 1], false, true),
     ];
     for (xs, k, s, p, d, ceil, cip) in cases {
         let x = sin_input(xs);
-        let want = crate::kernels::max_pool2d(&x, *k, *s, *p, *d, *ceil).unwrap();
-        let got = pool2d(&x, *k, *s, *p, *d, *ceil, None).unwrap().unwrap();
-        assert_eq!(got.dims(), want.dims());
-        assert!(max_diff(&got, &want) < 1e-6, "max {xs:?} {k:?}");
-        if *d == [1, 1] {
-            let want = crate::kernels::avg_pool2d(&x, *k, *s, *p, *ceil, *cip).unwrap();
-            let got = pool2d(&x, *k, *s, *p, *d, *ceil, Some(*cip)).unwrap().unwrap();
+        for isa in Isa::all_available() {
+            let want = crate::kernels::max_pool2d(&x, *k, *s, *p, *d, *ceil).unwrap();
+            let got = pool2d(&x, *k, *s, *p, *d, *ceil, None, isa).unwrap().unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-5, "avg {xs:?} {k:?} {cip}");
+            assert!(max_diff(&got, &want) < 1e-6, "max {xs:?} {k:?} {isa:?}");
+            if *d == [1, 1] {
+                let want = crate::kernels::avg_pool2d(&x, *k, *s, *p, *ceil, *cip).unwrap();
+                let got = pool2d(&x, *k, *s, *p, *d, *ceil, Some(*cip), isa).unwrap().unwrap();
+                assert_eq!(got.dims(), want.dims());
+                assert!(max_diff(&got, &want) < 1e-5, "avg {xs:?} {k:?} {cip} {isa:?}");
+            }
         }
     }
     let x = sin_input(&[2, 3, 5, 7]);
