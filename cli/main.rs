@@ -59,7 +59,24 @@ enum Command {
     Export(export::ExportArgs),
 }
 
+/// `tlc ... | head` ends quietly, as other command-line tools do: the default action for
+/// SIGPIPE (Rust starts programs with it ignored, so every print to a closed pipe would panic).
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    {
+        extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        const SIGPIPE: i32 = 13;
+        const SIG_DFL: usize = 0;
+        // SAFETY: sets the disposition of one signal to the default, before any other thread
+        // exists; `signal` takes plain integers and keeps no pointer.
+        unsafe { signal(SIGPIPE, SIG_DFL) };
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -53,3 +53,24 @@ fn a_missing_shared_folder_fails_with_where_to_get_it_unless_skipped() {
     assert_eq!(require_shared(missing, true), None);
     assert_eq!(require_shared(root(), false), Some(root()));
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `tlc dot SPEC | head -1`: the reader goes away after one line of 160 KB (more than a
+    // pipe holds).
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlc"))
+        .current_dir(root())
+        .args(["dot", "specs/densenet201.yaml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("digraph"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+}
