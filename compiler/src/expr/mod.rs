@@ -103,9 +103,15 @@ fn syntax_error(base: Span, text: &str, e: pest::error::Error<Rule>, what: &str)
         // At the end of the text: underline its last character.
         span = Span::new(base.file, span.start.saturating_sub(1).max(base.start) as usize, span.start.max(base.start + 1) as usize);
     }
-    Diagnostic::error("E0101", span, format!("cannot parse {what}{expected}"))
+    let d = Diagnostic::error("E0101", span, format!("cannot parse {what}{expected}"))
         .label("syntax error here")
-        .hint("expressions look like `conv(64, k=3, s=2) -> bn -> relu`, `4*c`, `a if cond else b`")
+        .hint("expressions look like `conv(64, k=3, s=2) -> bn -> relu`, `4*c`, `a if cond else b`");
+    // `[conv(c, k=1)]` in YAML is a flow list of `conv(c` and `k=1)`: unbalanced pieces that
+    // hold no comma.
+    if text.contains(',') || text.matches('(').count() == text.matches(')').count() {
+        return d;
+    }
+    d.hint("in a YAML flow list `[...]` every comma starts a new item, so `[conv(c, k=1)]` is the two items `conv(c` and `k=1)`: write the list one `- item` per line, or quote the item")
 }
 
 fn rule_name(r: &Rule) -> &'static str {
