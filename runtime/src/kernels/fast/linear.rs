@@ -96,7 +96,7 @@ unsafe fn tile(pw: &PackedWeights, apack: &[f32], panels: usize, pi: usize, np: 
         let kcl = pw.kc.min(pw.k - k0);
         let ap = apack[k0 * panels * mr + pi * kcl * mr..][..kcl * mr].as_ptr();
         let bp = Packed(pw.panel(k0, kcl, np).as_ptr(), nr);
-        micro(pw.micro, kcl, ap, bp, acc.as_mut_ptr(), nr, (k0 == 0).then_some(&zero[..]));
+        micro(pw.micro, kcl, ap, bp, acc.as_mut_ptr(), nr, (k0 == 0).then_some(&zero[..]), None);
         k0 += kcl;
     }
     let bias = &pw.bias[np * nr..][..ncols];

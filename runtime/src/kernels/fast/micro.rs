@@ -68,23 +68,29 @@ impl Micro {
     }
 }
 
+/// Bounds `(lo, hi)` the stored values are clamped to (ReLU, ReLU6 on the last k-block), or
+/// `None`.
+pub(super) type Clamp = Option<(f32, f32)>;
+
 /// `C[MR, NR] (= bias | +=) A[MR, kc] * B[kc, NR]` with kernel `m`: `a` k-major `[kc][MR]`,
-/// `b` `[kc][NR]`, `c` rows `ldc` apart; `bias: Some` starts from the bias, `None` adds to `c`.
+/// `b` `[kc][NR]`, `c` rows `ldc` apart; `bias: Some` starts from the bias, `None` adds to `c`;
+/// the stored values clamped to `clamp`.
 ///
 /// # Safety
 /// `a` and `b` hold `kc * MR` and `kc * NR` floats, `c` has MR rows of NR floats `ldc` apart
 /// (all valid, not aliased), `bias` at least MR values, and the CPU supports the kernel's
 /// level (`PackedWeights::new` chose it from a capped level).
 #[inline(always)]
-pub(super) unsafe fn micro<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn micro<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp) {
     match m {
         #[cfg(target_arch = "x86_64")]
-        Micro::Avx512Tall => kernel_16x16(kc, a, b, c, ldc, bias),
+        Micro::Avx512Tall => kernel_16x16(kc, a, b, c, ldc, bias, clamp),
         #[cfg(target_arch = "x86_64")]
-        Micro::Avx512Wide => kernel_8x32(kc, a, b, c, ldc, bias),
+        Micro::Avx512Wide => kernel_8x32(kc, a, b, c, ldc, bias, clamp),
         #[cfg(target_arch = "x86_64")]
-        Micro::Avx2 => kernel_6x16(kc, a, b, c, ldc, bias),
-        _ => kernel_4x8(kc, a, b, c, ldc, bias),
+        Micro::Avx2 => kernel_6x16(kc, a, b, c, ldc, bias, clamp),
+        _ => kernel_4x8(kc, a, b, c, ldc, bias, clamp),
     }
 }
 
@@ -100,13 +106,13 @@ pub(super) const NARROW_MAX: usize = 4;
 /// As [`micro`], with `c` valid for `nrows` rows of `ncols` floats, `bias` (when given) for MR.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn narrow<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, nrows: usize, ncols: usize) -> bool {
+pub(super) unsafe fn narrow<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp, nrows: usize, ncols: usize) -> bool {
     if ncols == 0 || ncols > NARROW_MAX {
         return false;
     }
     match m {
         #[cfg(target_arch = "x86_64")]
-        Micro::Avx512Tall => narrow_16(kc, a, b, c, ldc, bias, nrows, ncols),
+        Micro::Avx512Tall => narrow_16(kc, a, b, c, ldc, bias, clamp, nrows, ncols),
         _ => return false,
     }
     true
@@ -116,7 +122,7 @@ pub(super) unsafe fn narrow<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn narrow_16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, nrows: usize, ncols: usize) {
+unsafe fn narrow_16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp, nrows: usize, ncols: usize) {
     use std::arch::x86_64::*;
     let mut acc = [_mm512_setzero_ps(); NARROW_MAX];
     for kk in 0..kc {
@@ -131,16 +137,18 @@ unsafe fn narrow_16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: u
         _mm512_storeu_ps(t.as_mut_ptr(), *acc);
         for (r, &v) in t.iter().enumerate().take(nrows) {
             let p = c.add(r * ldc + j);
-            *p = match bias {
+            let v = match bias {
                 Some(bv) => bv[r] + v,
                 None => *p + v,
             };
+            *p = clamp.map_or(v, |(lo, hi)| v.max(lo).min(hi));
         }
     }
 }
 
 /// The portable micro-kernel (plain loops).
-unsafe fn kernel_4x8<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_4x8<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp) {
     let mut acc = [[0f32; 8]; 4];
     for kk in 0..kc {
         let (ar, br) = (a.add(kk * 4), b.row(kk));
@@ -158,14 +166,16 @@ unsafe fn kernel_4x8<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: 
                 Some(bv) => bv[r],
                 None => *p.add(j),
             };
-            *p.add(j) = base + v;
+            let v = base + v;
+            *p.add(j) = clamp.map_or(v, |(lo, hi)| v.max(lo).min(hi));
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_6x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_6x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp) {
     use std::arch::x86_64::*;
     let z = _mm256_setzero_ps();
     let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
@@ -205,8 +215,16 @@ unsafe fn kernel_6x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc:
             }
             None => (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))),
         };
-        _mm256_storeu_ps(p, _mm256_add_ps(base0, lo));
-        _mm256_storeu_ps(p.add(8), _mm256_add_ps(base1, hi));
+        let (v0, v1) = (_mm256_add_ps(base0, lo), _mm256_add_ps(base1, hi));
+        let (v0, v1) = match clamp {
+            Some((l, h)) => {
+                let (l, h) = (_mm256_set1_ps(l), _mm256_set1_ps(h));
+                (_mm256_min_ps(_mm256_max_ps(v0, l), h), _mm256_min_ps(_mm256_max_ps(v1, l), h))
+            }
+            None => (v0, v1),
+        };
+        _mm256_storeu_ps(p, v0);
+        _mm256_storeu_ps(p.add(8), v1);
     }
 }
 
@@ -214,7 +232,8 @@ unsafe fn kernel_6x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc:
 /// into the FMA's memory operand (no separate broadcast instruction).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn kernel_16x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_16x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp) {
     use std::arch::x86_64::*;
     let mut acc = [_mm512_setzero_ps(); 16];
     let mut ap = a;
@@ -244,13 +263,19 @@ unsafe fn kernel_16x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc
             Some(bv) => _mm512_set1_ps(bv[r]),
             None => _mm512_loadu_ps(p),
         };
-        _mm512_storeu_ps(p, _mm512_add_ps(base, v));
+        let v = _mm512_add_ps(base, v);
+        let v = match clamp {
+            Some((l, h)) => _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(l)), _mm512_set1_ps(h)),
+            None => v,
+        };
+        _mm512_storeu_ps(p, v);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn kernel_8x32<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_8x32<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp) {
     use std::arch::x86_64::*;
     let z = _mm512_setzero_ps();
     let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30, mut c31) = (z, z, z, z, z, z, z, z);
@@ -296,8 +321,16 @@ unsafe fn kernel_8x32<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc:
             }
             None => (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))),
         };
-        _mm512_storeu_ps(p, _mm512_add_ps(base0, lo));
-        _mm512_storeu_ps(p.add(16), _mm512_add_ps(base1, hi));
+        let (v0, v1) = (_mm512_add_ps(base0, lo), _mm512_add_ps(base1, hi));
+        let (v0, v1) = match clamp {
+            Some((l, h)) => {
+                let (l, h) = (_mm512_set1_ps(l), _mm512_set1_ps(h));
+                (_mm512_min_ps(_mm512_max_ps(v0, l), h), _mm512_min_ps(_mm512_max_ps(v1, l), h))
+            }
+            None => (v0, v1),
+        };
+        _mm512_storeu_ps(p, v0);
+        _mm512_storeu_ps(p.add(16), v1);
     }
 }
 

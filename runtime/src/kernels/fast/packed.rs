@@ -21,7 +21,7 @@
 
 use super::cols::{Cols, Source};
 pub use super::cols::{Affine, ConvInput};
-use super::micro::{micro, narrow, Gather, Micro, Packed, Rows, NARROW_MAX};
+use super::micro::{micro, narrow, Clamp, Gather, Micro, Packed, Rows, NARROW_MAX};
 use super::{threads, uninit_vec, Geo, Isa, NB};
 use crate::kernels::cpu;
 use rayon::prelude::*;
@@ -193,7 +193,11 @@ struct Job<'a> {
     /// Every tile packed once, when several channel chunks share each tile.
     shared: Option<&'a [f32]>,
     residual: Option<&'a [f32]>,
+    /// The activation left for the epilogue (`None` when `clamp` does it in the kernels).
     act: Option<Activation>,
+    /// ReLU or ReLU6 without a residual, applied by the micro-kernels as they store the last
+    /// k-block: no second pass over the output.
+    clamp: Clamp,
     out: OutPtr,
 }
 
@@ -261,7 +265,7 @@ impl Job<'_> {
             while k0 < pw.k {
                 let kcl = pw.kc.min(pw.k - k0);
                 let ko = offs[k0..k0 + kcl].as_ptr();
-                run_kblock(pw, k0, kcl, |jp| Gather(base.add(jp * nr), ko), c, ldc, nb, mlo, mhi, exact);
+                run_kblock(pw, k0, kcl, |jp| Gather(base.add(jp * nr), ko), c, ldc, nb, mlo, mhi, exact, self.clamp);
                 k0 += kcl;
             }
             return;
@@ -282,7 +286,7 @@ impl Job<'_> {
                         &s[..need]
                     }
                 };
-                run_kblock(pw, k0, kcl, |jp| Packed(bsrc[jp * kcl * nr..][..kcl * nr].as_ptr(), nr), c, ldc, nb, mlo, mhi, exact);
+                run_kblock(pw, k0, kcl, |jp| Packed(bsrc[jp * kcl * nr..][..kcl * nr].as_ptr(), nr), c, ldc, nb, mlo, mhi, exact, self.clamp);
                 k0 += kcl;
             }
         });
@@ -328,7 +332,13 @@ pub fn conv(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, residual: 
     // Every element is written by the task that owns it.
     let mut out = uninit_vec(total);
     let shared = (plan.msplit > 1 && matches!(cols, Cols::Im2col(_))).then(|| pack_all(&cols, g, pw, &plan));
-    let job = Job { cols: &cols, g, pw, plan: &plan, shared: shared.as_deref(), residual, act, out: OutPtr(out.as_mut_ptr()) };
+    let clamp = match (act, residual) {
+        (Some(Activation::Relu), None) => Some((0.0, f32::INFINITY)),
+        (Some(Activation::Relu6), None) => Some((0.0, 6.0)),
+        _ => None,
+    };
+    let act = act.filter(|_| clamp.is_none());
+    let job = Job { cols: &cols, g, pw, plan: &plan, shared: shared.as_deref(), residual, act, clamp, out: OutPtr(out.as_mut_ptr()) };
     (0..plan.tasks()).into_par_iter().for_each(|t| job.run(t));
     out
 }
@@ -363,7 +373,8 @@ fn pack_all(cols: &Cols, g: &Geo, pw: &PackedWeights, plan: &Plan) -> Vec<f32> {
 /// columns `0..nb` (`0..np*NR` with `exact == false`) of memory this caller alone writes;
 /// `rows(jp)` gives `kcl` valid rows of NR floats; the CPU supports `pw.isa`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_kblock<R: Rows>(pw: &PackedWeights, k0: usize, kcl: usize, rows: impl Fn(usize) -> R, c: *mut f32, ldc: usize, nb: usize, mlo: usize, mhi: usize, exact: bool) {
+unsafe fn run_kblock<R: Rows>(pw: &PackedWeights, k0: usize, kcl: usize, rows: impl Fn(usize) -> R, c: *mut f32, ldc: usize, nb: usize, mlo: usize, mhi: usize, exact: bool, clamp: Clamp) {
+    let clamp = if k0 + kcl == pw.k { clamp } else { None };
     let (mr, nr) = (pw.mr, pw.nr);
     let np = nb.div_ceil(nr);
     let first = k0 == 0;
@@ -381,11 +392,11 @@ unsafe fn run_kblock<R: Rows>(pw: &PackedWeights, k0: usize, kcl: usize, rows: i
                 let nrows = mr.min(pw.co - row);
                 let bias = first.then(|| &pw.bias[row..row + mr]);
                 let cp = c.add((row - mlo * mr) * ldc + col);
-                if ncols <= NARROW_MAX && ncols < nr && narrow(pw.micro, kcl, ap, bp, cp, ldc, bias, nrows, ncols) {
+                if ncols <= NARROW_MAX && ncols < nr && narrow(pw.micro, kcl, ap, bp, cp, ldc, bias, clamp, nrows, ncols) {
                     continue;
                 }
                 if !exact || (nrows == mr && ncols == nr) {
-                    micro(pw.micro, kcl, ap, bp, cp, ldc, bias);
+                    micro(pw.micro, kcl, ap, bp, cp, ldc, bias, clamp);
                 } else {
                     // An edge tile: through a full-size buffer.
                     if !first {
@@ -393,7 +404,7 @@ unsafe fn run_kblock<R: Rows>(pw: &PackedWeights, k0: usize, kcl: usize, rows: i
                             std::ptr::copy_nonoverlapping(cp.add(r * ldc), tmp.as_mut_ptr().add(r * nr), ncols);
                         }
                     }
-                    micro(pw.micro, kcl, ap, bp, tmp.as_mut_ptr(), nr, bias);
+                    micro(pw.micro, kcl, ap, bp, tmp.as_mut_ptr(), nr, bias, clamp);
                     for r in 0..nrows {
                         std::ptr::copy_nonoverlapping(tmp.as_ptr().add(r * nr), cp.add(r * ldc), ncols);
                     }

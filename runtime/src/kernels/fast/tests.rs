@@ -32,18 +32,24 @@ fn fast_conv_matches_portable() {
         ([1, 5, 11, 11], [5, 1, 5, 5], [2, 2], [2; 4], [1, 1], 5),
         ([1, 3, 7, 7], [3, 1, 3, 3], [1, 1], [2; 4], [2, 2], 3),
         ([1, 4, 7, 7], [4, 1, 7, 7], [1, 1], [3; 4], [1, 1], 4),
+        // Several k-blocks (K = 360): a fused clamp applies on the last one only.
+        ([1, 40, 6, 6], [16, 40, 3, 3], [1, 1], [1; 4], [1, 1], 1),
     ];
     for (xs, wsh, s, p, d, g) in cases {
         let x = sin_input(xs);
         let w = cos_input(wsh, 0.3);
         let b = cos_input(&[wsh[0]], 0.1);
-        for act in [None, Some(Activation::Relu), Some(Activation::Silu)] {
-            let want = crate::kernels::conv2d(&x, &w, Some(&b), *s, *p, *d, *g).unwrap();
+        for act in [None, Some(Activation::Relu), Some(Activation::Relu6), Some(Activation::Silu)] {
+            // Scaled so that ReLU6 clips at both ends.
+            let want = (crate::kernels::conv2d(&x, &w, Some(&b), *s, *p, *d, *g).unwrap() * 8.0).unwrap();
             let want = match act {
                 None => want,
                 Some(Activation::Relu) => want.relu().unwrap(),
+                Some(Activation::Relu6) => want.clamp(0f32, 6f32).unwrap(),
                 _ => want.silu().unwrap(),
             };
+            let w = (&w * 8.0).unwrap();
+            let b = (&b * 8.0).unwrap();
             for isa in Isa::all_available() {
                 let got = conv2d(&x, &w, Some(&b), *s, *p, *d, *g, act, isa).unwrap().expect("fast path applies");
                 assert_eq!(got.dims(), want.dims(), "{xs:?} {wsh:?}");
