@@ -49,7 +49,7 @@ pub fn linear(x: &[f32], rows: usize, pw: &PackedWeights, act: Option<Activation
     // Every element is written by the task that owns it.
     let mut out = uninit_vec(rows * outf);
     let optr = OutPtr(out.as_mut_ptr());
-    (0..rblocks * nsplit).into_par_iter().for_each(|t| {
+    (0..rblocks * nsplit).into_par_iter().with_max_len(1).for_each(|t| {
         let (rb, chunk) = (t / nsplit, t % nsplit);
         let (r0, r1) = (rb * RB, ((rb + 1) * RB).min(rows));
         let (p0, p1) = (chunk * per, ((chunk + 1) * per).min(npanels));

@@ -339,7 +339,7 @@ pub fn conv(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, residual: 
     };
     let act = act.filter(|_| clamp.is_none());
     let job = Job { cols: &cols, g, pw, plan: &plan, shared: shared.as_deref(), residual, act, clamp, out: OutPtr(out.as_mut_ptr()) };
-    (0..plan.tasks()).into_par_iter().for_each(|t| job.run(t));
+    (0..plan.tasks()).into_par_iter().with_max_len(1).for_each(|t| job.run(t));
     out
 }
 
