@@ -6,7 +6,7 @@
 
 use super::micro::{micro, Packed};
 use super::packed::PackedWeights;
-use super::{threads, uninit_vec, with_f32};
+use super::{threads, uninit_vec, with_f32, OutPtr};
 use candle_core::{Device, Result, Tensor};
 use crate::kernels::cpu;
 use rayon::prelude::*;
@@ -18,21 +18,6 @@ const RB: usize = 64;
 
 thread_local! {
     static APACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The output buffer, written by tasks through disjoint blocks.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint (row block, column chunk) blocks only, and the buffer
-// outlives them.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 /// `act(x @ w^T + b)` for `rows` rows of `x` (`[rows, in]` row-major) and weights packed with

@@ -146,6 +146,30 @@ unsafe fn narrow_16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: u
     }
 }
 
+/// `v` clamped to `clamp` (AVX2).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn clamp_256(v: std::arch::x86_64::__m256, clamp: Clamp) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    match clamp {
+        Some((l, h)) => _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(l)), _mm256_set1_ps(h)),
+        None => v,
+    }
+}
+
+/// `v` clamped to `clamp` (AVX-512).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn clamp_512(v: std::arch::x86_64::__m512, clamp: Clamp) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    match clamp {
+        Some((l, h)) => _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(l)), _mm512_set1_ps(h)),
+        None => v,
+    }
+}
+
 /// The portable micro-kernel (plain loops).
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_4x8<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp) {
@@ -215,16 +239,8 @@ unsafe fn kernel_6x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc:
             }
             None => (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))),
         };
-        let (v0, v1) = (_mm256_add_ps(base0, lo), _mm256_add_ps(base1, hi));
-        let (v0, v1) = match clamp {
-            Some((l, h)) => {
-                let (l, h) = (_mm256_set1_ps(l), _mm256_set1_ps(h));
-                (_mm256_min_ps(_mm256_max_ps(v0, l), h), _mm256_min_ps(_mm256_max_ps(v1, l), h))
-            }
-            None => (v0, v1),
-        };
-        _mm256_storeu_ps(p, v0);
-        _mm256_storeu_ps(p.add(8), v1);
+        _mm256_storeu_ps(p, clamp_256(_mm256_add_ps(base0, lo), clamp));
+        _mm256_storeu_ps(p.add(8), clamp_256(_mm256_add_ps(base1, hi), clamp));
     }
 }
 
@@ -263,12 +279,7 @@ unsafe fn kernel_16x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc
             Some(bv) => _mm512_set1_ps(bv[r]),
             None => _mm512_loadu_ps(p),
         };
-        let v = _mm512_add_ps(base, v);
-        let v = match clamp {
-            Some((l, h)) => _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(l)), _mm512_set1_ps(h)),
-            None => v,
-        };
-        _mm512_storeu_ps(p, v);
+        _mm512_storeu_ps(p, clamp_512(_mm512_add_ps(base, v), clamp));
     }
 }
 
@@ -321,16 +332,8 @@ unsafe fn kernel_8x32<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc:
             }
             None => (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))),
         };
-        let (v0, v1) = (_mm512_add_ps(base0, lo), _mm512_add_ps(base1, hi));
-        let (v0, v1) = match clamp {
-            Some((l, h)) => {
-                let (l, h) = (_mm512_set1_ps(l), _mm512_set1_ps(h));
-                (_mm512_min_ps(_mm512_max_ps(v0, l), h), _mm512_min_ps(_mm512_max_ps(v1, l), h))
-            }
-            None => (v0, v1),
-        };
-        _mm512_storeu_ps(p, v0);
-        _mm512_storeu_ps(p.add(16), v1);
+        _mm512_storeu_ps(p, clamp_512(_mm512_add_ps(base0, lo), clamp));
+        _mm512_storeu_ps(p.add(16), clamp_512(_mm512_add_ps(base1, hi), clamp));
     }
 }
 

@@ -72,6 +72,22 @@ fn uninit_vec(n: usize) -> Vec<f32> {
     v
 }
 
+/// An output buffer that parallel tasks write through disjoint regions (the packed conv's
+/// rectangles, the linear layers' row-block x column-chunk blocks).
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every user's tasks write disjoint regions only, and the buffer outlives them.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer `i` floats in (callers keep within the buffer).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// Conv geometry.
 #[derive(Clone, Copy, Debug)]
 pub struct Geo {

@@ -22,7 +22,7 @@
 use super::cols::{Cols, Source};
 pub use super::cols::{Affine, ConvInput};
 use super::micro::{micro, narrow, Clamp, Gather, Micro, Packed, Rows, NARROW_MAX};
-use super::{threads, uninit_vec, Geo, Isa, NB};
+use super::{threads, uninit_vec, Geo, Isa, OutPtr, NB};
 use crate::kernels::cpu;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -115,21 +115,6 @@ impl PackedWeights {
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The output buffer, written by tasks through disjoint rectangles.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint regions only (see `conv`), and the buffer outlives them.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer `i` floats in (callers keep within the buffer).
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 /// How `conv` splits its work: tasks are `(image, tile, channel chunk)`. Tiles are runs of
