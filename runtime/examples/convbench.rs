@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 use tlc_compiler::ir::Activation;
-use tlc_runtime::kernels::fast::{self, packed::PackedWeights, ConvArgs, Isa};
+use tlc_runtime::kernels::fast::{self, packed::PackedWeights, winograd::WinogradWeights, ConvArgs, DenseWeights, Isa};
 
 fn min_ms(run: &dyn Fn() -> Tensor, reps: usize) -> f64 {
     run();
@@ -47,6 +47,12 @@ fn main() {
         (1, 128, 14, 32, 3, 1),
         (1, 512, 28, 128, 1, 1),
         (8, 64, 56, 64, 3, 1),
+        (1, 32, 147, 32, 3, 1),
+        (1, 32, 147, 64, 3, 1),
+        (1, 80, 71, 192, 3, 1),
+        (1, 64, 35, 96, 3, 1),
+        (1, 512, 28, 512, 3, 1),
+        (1, 64, 224, 64, 3, 1),
     ];
     let dev = Device::Cpu;
     for &(n, ci, hw, co, k, s) in dense {
@@ -55,17 +61,26 @@ fn main() {
         let b = Tensor::randn(0f32, 0.1, co, &dev).unwrap();
         let p = k / 2;
         let name = format!("n{n} {ci:4}->{co:4} {hw:3}x{hw:<3} k{k} s{s}");
-        if !name.contains(&only) {
+        if !name.contains(&only) && !only.contains(&name) {
             continue;
         }
-        let pw = PackedWeights::new(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), co, ci * k * k, Some(&b.to_vec1::<f32>().unwrap()), isa);
+        let (wv, bv) = (w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+        let mut kernels = vec![("gemm", DenseWeights::Gemm(PackedWeights::new(&wv, co, ci * k * k, Some(&bv), isa)))];
+        if k == 3 && s == 1 {
+            kernels.push(("winograd", DenseWeights::Winograd(WinogradWeights::new(&wv, co, ci, Some(&bv), isa))));
+        }
         let args = ConvArgs { kernel: [k, k], stride: [s, s], pad: [p; 4], dilation: [1, 1] };
         let act = Activation::Relu;
-        let run = || fast::conv2d_packed(&[&x], &pw, &args, None, None, None, Some(act)).unwrap().unwrap();
-        let (_, _, oh, ow) = run().dims4().unwrap();
-        let t = min_ms(&run, reps);
-        let flops = 2.0 * (n * co * oh * ow * ci * k * k) as f64;
-        println!("{name} {act:?}: {t:7.3} ms  {:6.1} GFLOP/s", flops / t / 1e6);
+        for (kname, dw) in &kernels {
+            if !format!("{name} {kname}").contains(&only) {
+                continue;
+            }
+            let run = || fast::conv2d_packed(&[&x], dw, &args, None, None, None, Some(act)).unwrap().unwrap();
+            let (_, _, oh, ow) = run().dims4().unwrap();
+            let t = min_ms(&run, reps);
+            let flops = 2.0 * (n * co * oh * ow * ci * k * k) as f64;
+            println!("{name} {act:?} {kname}: {t:7.3} ms  {:6.1} GFLOP/s (direct-equivalent)", flops / t / 1e6);
+        }
     }
     for a in [Activation::Relu, Activation::Silu, Activation::Gelu, Activation::Sigmoid].into_iter().filter(|a| format!("{a:?}").contains(&only)) {
         let mut v: Vec<f32> = (0..96 * 112 * 112).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();

@@ -5,7 +5,7 @@
 //! The plain [`Model`] is untouched: parameter names and training keep using it.
 
 use crate::exec::{self, NodeParams, ParamSource};
-use crate::kernels::fast::{self, packed::{Affine, PackedWeights}, ConvArgs, Isa};
+use crate::kernels::fast::{self, packed::{Affine, PackedWeights}, winograd::{self, WinogradWeights}, ConvArgs, DenseWeights, Isa};
 use crate::kernels::{self as k};
 use crate::model::{run_graph, Model};
 use anyhow::{anyhow, bail, Result};
@@ -30,8 +30,8 @@ pub struct OptimizedModel {
     /// Per conv node (new index) with a BatchNorm prologue: its scale, shift and activation.
     prologue: HashMap<usize, Prologue>,
     /// Per dense conv node (new index), on the CPU: weights and bias packed once for
-    /// [`fast::packed`].
-    packed: HashMap<usize, PackedWeights>,
+    /// [`fast::packed`], or transformed for [`fast::winograd`] where that pays.
+    packed: HashMap<usize, DenseWeights>,
     /// Linear layers over many rows per sample (tokens), by weight name: weights packed once
     /// for [`fast::linear_packed`].
     linears: HashMap<String, PackedWeights>,
@@ -145,14 +145,24 @@ impl OptimizedModel {
         let mut packed = HashMap::new();
         if device.is_cpu() {
             for (id, n) in plan.graph.nodes() {
-                if let Op::Conv { groups: 1, out: co, bias, .. } = &n.op {
+                if let Op::Conv { groups: 1, out: co, bias, kernel, stride, dilation, .. } = &n.op {
                     let (Some(w), b) = (out.get(&format!("{}.weight", n.name)), out.get(&format!("{}.bias", n.name))) else { continue };
                     if w.dtype() != candle_core::DType::F32 {
                         continue;
                     }
                     let wv = vec1(w)?;
                     let bv = if *bias { Some(vec1(b.ok_or_else(|| anyhow!("parameter `{}.bias` is not loaded", n.name))?)?) } else { None };
-                    packed.insert(id.index(), PackedWeights::new(&wv, *co, wv.len() / co, bv.as_deref(), isa));
+                    let (k, c) = (wv.len() / co, wv.len() / co / (kernel[0] * kernel[1]));
+                    let map = match n.shape.as_deref() {
+                        Some([_, oh, ow]) => (*oh, *ow),
+                        _ => (0, 0),
+                    };
+                    let weights = if *kernel == [3, 3] && *stride == [1, 1] && *dilation == [1, 1] && winograd::pays(isa, c, *co, map.0, map.1) {
+                        DenseWeights::Winograd(WinogradWeights::new(&wv, *co, c, bv.as_deref(), isa))
+                    } else {
+                        DenseWeights::Gemm(PackedWeights::new(&wv, *co, k, bv.as_deref(), isa))
+                    };
+                    packed.insert(id.index(), weights);
                 }
             }
         }

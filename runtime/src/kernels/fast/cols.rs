@@ -74,6 +74,12 @@ impl<'a> Source<'a> {
         &data[(b * ci + cc) * self.hw..][..self.hw]
     }
 
+    /// Floats from channel `ch`'s plane of one image to the next image's.
+    #[inline(always)]
+    pub(super) fn image_stride(&self, ch: usize) -> usize {
+        self.input.parts[self.chans[ch].0].1 * self.hw
+    }
+
     /// Maps values of channel `ch` of image `b` copied into `seg` (affine, activation, gate).
     #[inline(always)]
     pub(super) fn transform(&self, b: usize, ch: usize, seg: &mut [f32]) {

@@ -4,6 +4,7 @@
 
 use super::gemm::{gemm, Mat};
 use super::packed::{self, Affine, ConvInput, PackedWeights};
+use super::winograd::{self, WinogradWeights};
 use super::{threads, uninit_vec, with_f32, Geo, Isa};
 use crate::kernels::cpu;
 use crate::kernels::depthwise::{self, Layout, Plane};
@@ -55,7 +56,7 @@ pub fn conv2d_residual(
     }
     if groups == 1 {
         let Some(ws) = with_f32(w, |v| v.to_vec()) else { return Ok(None) };
-        let pw = PackedWeights::new(&ws, co, cig * kh * kw, bias_v.as_deref(), isa);
+        let pw = DenseWeights::Gemm(PackedWeights::new(&ws, co, cig * kh * kw, bias_v.as_deref(), isa));
         return conv2d_packed(&[x], &pw, &ConvArgs { kernel: [kh, kw], stride, pad, dilation }, None, None, residual, act);
     }
     let res_v: Option<Vec<f32>> = match residual {
@@ -89,6 +90,41 @@ pub struct ConvArgs {
     pub dilation: [usize; 2],
 }
 
+/// A dense conv's weights, prepared once for one of the two kernels.
+#[derive(Clone, Debug)]
+pub enum DenseWeights {
+    /// The packed GEMM ([`packed`]): any kernel, stride and dilation.
+    Gemm(PackedWeights),
+    /// Winograd F(4x4, 3x3) ([`winograd`]): 3x3 kernels at stride 1 without dilation.
+    Winograd(WinogradWeights),
+}
+
+impl DenseWeights {
+    /// Output channels.
+    pub fn co(&self) -> usize {
+        match self {
+            DenseWeights::Gemm(pw) => pw.co,
+            DenseWeights::Winograd(ww) => ww.co,
+        }
+    }
+
+    /// Reduction length `c * kh * kw`.
+    pub fn k(&self) -> usize {
+        match self {
+            DenseWeights::Gemm(pw) => pw.k,
+            DenseWeights::Winograd(ww) => ww.c * 9,
+        }
+    }
+
+    /// Whether these weights run a conv with `args`.
+    fn fits(&self, args: &ConvArgs) -> bool {
+        match self {
+            DenseWeights::Gemm(_) => true,
+            DenseWeights::Winograd(_) => args.kernel == [3, 3] && args.stride == [1, 1] && args.dilation == [1, 1],
+        }
+    }
+}
+
 /// Runs `f` on the contiguous f32 CPU data of every tensor in `ts`, or returns `None`.
 fn with_f32_all<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Option<R> {
     if ts.iter().any(|t| t.track_op() || !t.device().is_cpu()) {
@@ -106,7 +142,7 @@ fn with_f32_all<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Option<R> 
     Some(f(&views))
 }
 
-/// Dense convolution with weights packed once ([`PackedWeights`], bias included) over the
+/// Dense convolution with weights prepared once ([`DenseWeights`], bias included) over the
 /// channels of `parts` in order (a concatenation along dim 1 that is never built), each input
 /// value mapped by `affine` and multiplied by `gate` (`[n, c]` or `[n, c, 1, 1]`) on its way
 /// in; then `+ residual` (a tensor of the output's shape) and `act`.
@@ -114,7 +150,7 @@ fn with_f32_all<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Option<R> 
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_packed(
     parts: &[&Tensor],
-    pw: &PackedWeights,
+    weights: &DenseWeights,
     args: &ConvArgs,
     affine: Option<Affine>,
     gate: Option<&Tensor>,
@@ -134,8 +170,9 @@ pub fn conv2d_packed(
     let c: usize = chans.iter().sum();
     let Some(g) = Geo::new(c, h, wd, args.kernel, args.stride, args.pad, args.dilation) else { return Ok(None) };
     let (oh, ow) = g.out_hw();
-    let co = pw.co;
-    if pw.k != c * args.kernel[0] * args.kernel[1]
+    let co = weights.co();
+    if !weights.fits(args)
+        || weights.k() != c * args.kernel[0] * args.kernel[1]
         || residual.is_some_and(|r| r.dims() != [n, co, oh, ow])
         || gate.is_some_and(|t| t.elem_count() != n * c)
         || affine.is_some_and(|a| a.scale.len() != c || a.shift.len() != c)
@@ -152,7 +189,10 @@ pub fn conv2d_packed(
             gate: gate.map(|_| views[parts.len()]),
         };
         let res = residual.map(|_| views[views.len() - 1]);
-        packed::conv(&input, pw, n, &g, res, act)
+        match weights {
+            DenseWeights::Gemm(pw) => packed::conv(&input, pw, n, &g, res, act),
+            DenseWeights::Winograd(ww) => winograd::conv(&input, ww, n, &g, res, act),
+        }
     });
     wrap(out, (n, co, oh, ow))
 }

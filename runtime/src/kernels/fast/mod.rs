@@ -13,6 +13,7 @@
 //! tensor that tracks gradients), and the caller falls back to the portable candle path.
 
 pub mod packed;
+pub mod winograd;
 
 mod attention;
 mod cols;
@@ -22,11 +23,13 @@ pub(crate) mod gemm;
 mod linear;
 mod micro;
 mod pool;
+#[cfg(target_arch = "x86_64")]
+mod winograd_x86;
 
 pub use super::cpu::Isa;
 pub use attention::{attention_qkv, linear};
 pub use linear::linear_tensor as linear_packed;
-pub use conv::{conv2d, conv2d_packed, conv2d_residual, ConvArgs};
+pub use conv::{conv2d, conv2d_packed, conv2d_residual, ConvArgs, DenseWeights};
 pub use elementwise::{add_act, channel_affine, channel_gate, layer_norm};
 pub use pool::{global_pool, pool2d};
 

@@ -45,7 +45,7 @@ pub struct PackedWeights {
     pub(super) micro: Micro,
     /// Panel width (MR of the kernel for convs; NR for linear layers).
     pub(super) mr: usize,
-    nr: usize,
+    pub(super) nr: usize,
     pub(super) kc: usize,
     mpad: usize,
     data: Vec<f32>,
@@ -358,7 +358,7 @@ fn pack_all(cols: &Cols, g: &Geo, pw: &PackedWeights, plan: &Plan) -> Vec<f32> {
 /// columns `0..nb` (`0..np*NR` with `exact == false`) of memory this caller alone writes;
 /// `rows(jp)` gives `kcl` valid rows of NR floats; the CPU supports `pw.isa`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_kblock<R: Rows>(pw: &PackedWeights, k0: usize, kcl: usize, rows: impl Fn(usize) -> R, c: *mut f32, ldc: usize, nb: usize, mlo: usize, mhi: usize, exact: bool, clamp: Clamp) {
+pub(super) unsafe fn run_kblock<R: Rows>(pw: &PackedWeights, k0: usize, kcl: usize, rows: impl Fn(usize) -> R, c: *mut f32, ldc: usize, nb: usize, mlo: usize, mhi: usize, exact: bool, clamp: Clamp) {
     let clamp = if k0 + kcl == pw.k { clamp } else { None };
     let (mr, nr) = (pw.mr, pw.nr);
     let np = nb.div_ceil(nr);

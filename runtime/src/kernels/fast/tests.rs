@@ -197,8 +197,77 @@ fn packed_prologue_parts_and_gate() {
     for isa in Isa::all_available() {
         let pw = PackedWeights::new(&wv, 7, 45, Some(&bv), isa);
         let affine = Affine { scale: &scale, shift: &shift, act: Some(Activation::Relu) };
-        let got = conv2d_packed(&[&a, &b], &pw, &args, Some(affine), Some(&gate), None, None).unwrap().unwrap();
+        let got = conv2d_packed(&[&a, &b], &DenseWeights::Gemm(pw), &args, Some(affine), Some(&gate), None, None).unwrap().unwrap();
         assert_eq!(got.dims(), want.dims());
         assert!(max_diff(&got, &want) < 1e-4, "{isa:?}: {}", max_diff(&got, &want));
+    }
+}
+
+/// Winograd F(4x4, 3x3) against the portable conv: maps not a multiple of the tile, every
+/// padding, several k-blocks, output channels that are not a multiple of the panel, blocks
+/// that split tile rows and span images, a prologue, gate, residual and activations.
+#[test]
+fn winograd_matches_portable() {
+    use super::winograd::WinogradWeights;
+    // (n, c, h, w, co, pad)
+    let cases: &[(usize, usize, usize, usize, usize, [usize; 4])] = &[
+        (1, 16, 16, 16, 16, [1; 4]),
+        (2, 20, 13, 11, 24, [1; 4]),
+        (1, 8, 9, 30, 40, [0; 4]),
+        (3, 300, 6, 7, 17, [2, 0, 1, 2]),
+        (1, 33, 37, 29, 64, [1; 4]),
+        // Tile rows of more than 16 tiles: whole rows of outputs stored at once.
+        (2, 16, 9, 133, 20, [1; 4]),
+        (1, 24, 20, 68, 32, [0, 1, 1, 0]),
+    ];
+    for &(n, c, h, w, co, pad) in cases {
+        let x = sin_input(&[n, c, h, w]);
+        let wt = cos_input(&[co, c, 3, 3], 0.3);
+        let bias = cos_input(&[co], 0.1);
+        let args = ConvArgs { kernel: [3, 3], stride: [1, 1], pad, dilation: [1, 1] };
+        let plain = crate::kernels::conv2d(&x, &wt, Some(&bias), args.stride, pad, args.dilation, 1).unwrap();
+        let res = cos_input(plain.dims(), 0.7);
+        let wv: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
+        let bv: Vec<f32> = bias.to_vec1().unwrap();
+        let tol = 1e-4 * (c as f32).sqrt();
+        for isa in Isa::all_available() {
+            let ww = DenseWeights::Winograd(WinogradWeights::new(&wv, co, c, Some(&bv), isa));
+            for (act, residual) in [(None, false), (Some(Activation::Relu), false), (Some(Activation::Relu6), true), (Some(Activation::Silu), true)] {
+                let want = if residual { (&plain + &res).unwrap() } else { plain.clone() };
+                let want = match act {
+                    None => want,
+                    Some(Activation::Relu) => want.relu().unwrap(),
+                    Some(Activation::Relu6) => want.clamp(0f32, 6f32).unwrap(),
+                    _ => want.silu().unwrap(),
+                };
+                let got = conv2d_packed(&[&x], &ww, &args, None, None, residual.then_some(&res), act).unwrap().expect("winograd applies");
+                assert_eq!(got.dims(), want.dims());
+                let d = max_diff(&got, &want);
+                assert!(d < tol, "{isa:?} n{n} c{c} {h}x{w} co{co} {pad:?} {act:?} {residual}: {d}");
+            }
+        }
+    }
+    // Fused inputs: two parts, BatchNorm + ReLU prologue, a gate; stride 2 does not fit.
+    let (n, h, w) = (2, 11, 10);
+    let a = sin_input(&[n, 12, h, w]);
+    let b = cos_input(&[n, 8, h, w], 1.5);
+    let scale: Vec<f32> = (0..20).map(|i| 0.5 + 0.1 * i as f32).collect();
+    let shift: Vec<f32> = (0..20).map(|i| 0.05 * i as f32 - 0.4).collect();
+    let gate = cos_input(&[n, 20, 1, 1], 1.0);
+    let wt = cos_input(&[18, 20, 3, 3], 0.3);
+    let st = Tensor::new(scale.as_slice(), &Device::Cpu).unwrap().reshape((1, 20, 1, 1)).unwrap();
+    let tt = Tensor::new(shift.as_slice(), &Device::Cpu).unwrap().reshape((1, 20, 1, 1)).unwrap();
+    let cat = Tensor::cat(&[&a, &b], 1).unwrap();
+    let pre = cat.broadcast_mul(&st).unwrap().broadcast_add(&tt).unwrap().relu().unwrap().broadcast_mul(&gate).unwrap();
+    let args = ConvArgs { kernel: [3, 3], stride: [1, 1], pad: [1; 4], dilation: [1, 1] };
+    let want = crate::kernels::conv2d(&pre, &wt, None, args.stride, args.pad, args.dilation, 1).unwrap();
+    let wv: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
+    for isa in Isa::all_available() {
+        let ww = DenseWeights::Winograd(WinogradWeights::new(&wv, 18, 20, None, isa));
+        let affine = Affine { scale: &scale, shift: &shift, act: Some(Activation::Relu) };
+        let got = conv2d_packed(&[&a, &b], &ww, &args, Some(affine), Some(&gate), None, None).unwrap().unwrap();
+        assert!(max_diff(&got, &want) < 1e-3, "{isa:?}: {}", max_diff(&got, &want));
+        let s2 = ConvArgs { stride: [2, 2], ..args };
+        assert!(conv2d_packed(&[&a, &b], &ww, &s2, Some(affine), Some(&gate), None, None).unwrap().is_none());
     }
 }

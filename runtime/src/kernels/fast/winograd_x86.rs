@@ -1,0 +1,151 @@
+//! AVX-512 forms of the Winograd transforms ([`super::winograd`]): 16 tiles per vector, the
+//! input patches gathered with per-lane masks (padding reads as zero), the outputs of 16 tiles
+//! side by side in one tile row interleaved back into whole output rows.
+
+use super::cols::Source;
+use super::micro::Clamp;
+use super::winograd::{TileIn, TileOut, Tiles, VLayout};
+use super::{Geo, OutPtr};
+use std::arch::x86_64::*;
+
+/// `Bᵀ d` along one axis.
+#[inline(always)]
+unsafe fn bt(d: [__m512; 6]) -> [__m512; 6] {
+    let [d0, d1, d2, d3, d4, d5] = d;
+    let (four, five, two) = (_mm512_set1_ps(4.0), _mm512_set1_ps(5.0), _mm512_set1_ps(2.0));
+    [
+        _mm512_fmadd_ps(four, d0, _mm512_fnmadd_ps(five, d2, d4)),
+        _mm512_fnmadd_ps(four, _mm512_add_ps(d1, d2), _mm512_add_ps(d3, d4)),
+        _mm512_fmadd_ps(four, _mm512_sub_ps(d1, d2), _mm512_sub_ps(d4, d3)),
+        _mm512_fmadd_ps(two, _mm512_sub_ps(d3, d1), _mm512_sub_ps(d4, d2)),
+        _mm512_fmadd_ps(two, _mm512_sub_ps(d1, d3), _mm512_sub_ps(d4, d2)),
+        _mm512_fmadd_ps(four, d1, _mm512_fnmadd_ps(five, d3, d5)),
+    ]
+}
+
+/// `Aᵀ m` along one axis.
+#[inline(always)]
+unsafe fn at(m: [__m512; 6]) -> [__m512; 4] {
+    let [m0, m1, m2, m3, m4, m5] = m;
+    let (s12, d12, s34, d34) = (_mm512_add_ps(m1, m2), _mm512_sub_ps(m1, m2), _mm512_add_ps(m3, m4), _mm512_sub_ps(m3, m4));
+    [
+        _mm512_add_ps(_mm512_add_ps(m0, s12), s34),
+        _mm512_fmadd_ps(_mm512_set1_ps(2.0), d34, d12),
+        _mm512_fmadd_ps(_mm512_set1_ps(4.0), s34, s12),
+        _mm512_fmadd_ps(_mm512_set1_ps(8.0), d34, _mm512_add_ps(d12, m5)),
+    ]
+}
+
+/// Whether [`transform_input`] applies: no prologue, micro-panels a multiple of 16 columns
+/// wide, and every gather offset within `i32`.
+pub(super) fn input_fits(src: &Source, g: &Geo, n: usize, lay: &VLayout) -> bool {
+    let span = (0..g.c).map(|ch| src.image_stride(ch)).max().unwrap_or(0) * n + g.h * g.w;
+    src.plain && lay.nr % 16 == 0 && span < i32::MAX as usize
+}
+
+/// The input transform of [`super::winograd`] for channels `chans` of tiles `ins` into `v`.
+///
+/// # Safety
+/// The CPU has AVX-512F; [`input_fits`] holds; `v` holds the block's 36 operands laid out by
+/// `lay` and no one else writes rows `chans` of them.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn transform_input(src: &Source, g: &Geo, ins: &[TileIn], lay: &VLayout, chans: (usize, usize), v: OutPtr) {
+    let (vsz, cols, w) = (lay.size(), lay.cols(), g.w as isize);
+    let mut col0 = 0;
+    while col0 < cols {
+        // Per lane: image, first input offset in its plane, and which patch rows and columns
+        // lie inside the map (bit l of each mask); lanes past the tiles stay all-zero.
+        let (mut img, mut pos, mut rows, mut colm) = ([0i32; 16], [0i32; 16], [0u16; 6], [0u16; 6]);
+        for (l, t) in ins.iter().skip(col0).take(16).enumerate() {
+            img[l] = t.b as i32;
+            pos[l] = (t.y * w + t.x) as i32;
+            for k in 0..6 {
+                rows[k] |= u16::from((0..g.h as isize).contains(&(t.y + k as isize))) << l;
+                colm[k] |= u16::from((0..w).contains(&(t.x + k as isize))) << l;
+            }
+        }
+        let (img, pos) = (_mm512_loadu_si512(img.as_ptr().cast()), _mm512_loadu_si512(pos.as_ptr().cast()));
+        for ci in chans.0..chans.1 {
+            let base = src.plane(0, ci).as_ptr();
+            let offs = _mm512_add_epi32(_mm512_mullo_epi32(img, _mm512_set1_epi32(src.image_stride(ci) as i32)), pos);
+            let mut h = [[_mm512_setzero_ps(); 6]; 6];
+            for (i, hi) in h.iter_mut().enumerate() {
+                let mut d = [_mm512_setzero_ps(); 6];
+                for (j, dj) in d.iter_mut().enumerate() {
+                    let idx = _mm512_add_epi32(offs, _mm512_set1_epi32(i as i32 * w as i32 + j as i32));
+                    *dj = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), rows[i] & colm[j], idx, base);
+                }
+                *hi = bt(d);
+            }
+            let dst = lay.pos(ci, col0);
+            for j in 0..6 {
+                let col = bt([h[0][j], h[1][j], h[2][j], h[3][j], h[4][j], h[5][j]]);
+                for (i, c) in col.iter().enumerate() {
+                    _mm512_storeu_ps(v.at((i * 6 + j) * vsz + dst), *c);
+                }
+            }
+        }
+        col0 += 16;
+    }
+}
+
+/// The output transform of [`super::winograd`] (channels `r0..r1`, `m` as there).
+///
+/// # Safety
+/// The CPU has AVX-512F; `m` holds 36 buffers of `msz` floats with rows `ldc` (a multiple of
+/// 16) apart; this task alone writes the outputs of `tiles` in channels `r0..r1`.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn transform_output(m: &[f32], msz: usize, ldc: usize, r0: usize, r1: usize, bias: &[f32], tiles: &[TileOut], t: &Tiles, clamp: Clamp, out: OutPtr) {
+    let hw = t.oh * t.ow;
+    let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let pair_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let pair_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let quad_lo = _mm512_setr_epi32(0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+    let quad_hi = _mm512_setr_epi32(8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
+    for r in r0..r1 {
+        let b = _mm512_set1_ps(bias[r]);
+        let mut col = 0;
+        while col < tiles.len() {
+            let mp = m.as_ptr().add((r - r0) * ldc + col);
+            let mut tt = [[_mm512_setzero_ps(); 6]; 4];
+            for j in 0..6 {
+                let c = at(std::array::from_fn(|i| _mm512_loadu_ps(mp.add((i * 6 + j) * msz))));
+                for (i, v) in c.iter().enumerate() {
+                    tt[i][j] = *v;
+                }
+            }
+            let run = &tiles[col..tiles.len().min(col + 16)];
+            let whole = run.len() == 16 && run[0].line == run[15].line && run[0].rows == 4 && run[15].cols == 4;
+            for (i, ti) in tt.iter().enumerate() {
+                let y = at(*ti).map(|v| _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, b), lo), hi));
+                if whole {
+                    // Tiles side by side: output row 4ty + i holds y0[l], y1[l], y2[l], y3[l]
+                    // for l = 0..16.
+                    let (p01l, p01h) = (_mm512_permutex2var_ps(y[0], pair_lo, y[1]), _mm512_permutex2var_ps(y[0], pair_hi, y[1]));
+                    let (p23l, p23h) = (_mm512_permutex2var_ps(y[2], pair_lo, y[3]), _mm512_permutex2var_ps(y[2], pair_hi, y[3]));
+                    let dst = out.at(run[0].base + r * hw + i * t.ow);
+                    _mm512_storeu_ps(dst, _mm512_permutex2var_ps(p01l, quad_lo, p23l));
+                    _mm512_storeu_ps(dst.add(16), _mm512_permutex2var_ps(p01l, quad_hi, p23l));
+                    _mm512_storeu_ps(dst.add(32), _mm512_permutex2var_ps(p01h, quad_lo, p23h));
+                    _mm512_storeu_ps(dst.add(48), _mm512_permutex2var_ps(p01h, quad_hi, p23h));
+                    continue;
+                }
+                let mut buf = [[0f32; 16]; 4];
+                for (bj, yj) in buf.iter_mut().zip(&y) {
+                    _mm512_storeu_ps(bj.as_mut_ptr(), *yj);
+                }
+                for (l, to) in run.iter().enumerate() {
+                    if i < to.rows {
+                        let dst = out.at(to.base + r * hw + i * t.ow);
+                        for (j, bj) in buf.iter().enumerate().take(to.cols) {
+                            *dst.add(j) = bj[l];
+                        }
+                    }
+                }
+            }
+            col += 16;
+        }
+    }
+}
