@@ -157,10 +157,14 @@ impl OptimizedModel {
                         Some([_, oh, ow]) => (*oh, *ow),
                         _ => (0, 0),
                     };
-                    let weights = if *kernel == [3, 3] && *stride == [1, 1] && *dilation == [1, 1] && winograd::pays(isa, c, *co, map.0, map.1) {
-                        DenseWeights::Winograd(WinogradWeights::new(&wv, *co, c, bv.as_deref(), isa))
-                    } else {
-                        DenseWeights::Gemm(PackedWeights::new(&wv, *co, k, bv.as_deref(), isa))
+                    let gemm = || PackedWeights::new(&wv, *co, k, bv.as_deref(), isa);
+                    let wino = || WinogradWeights::new(&wv, *co, c, bv.as_deref(), isa);
+                    // Winograd where it wins at batch 1; both where only larger batches bring
+                    // enough tiles.
+                    let weights = match winograd::fits(*kernel, *stride, *dilation) && winograd::suits(isa, c, *co) {
+                        true if winograd::pays(1, map.0, map.1) => DenseWeights::Winograd(wino()),
+                        true => DenseWeights::Either(gemm(), wino()),
+                        false => DenseWeights::Gemm(gemm()),
                     };
                     packed.insert(id.index(), weights);
                 }

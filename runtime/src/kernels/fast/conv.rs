@@ -97,13 +97,16 @@ pub enum DenseWeights {
     Gemm(PackedWeights),
     /// Winograd F(4x4, 3x3) ([`winograd`]): 3x3 kernels at stride 1 without dilation.
     Winograd(WinogradWeights),
+    /// Both, for a small map: Winograd once the batch brings enough tiles
+    /// ([`winograd::pays`]), else the packed GEMM.
+    Either(PackedWeights, WinogradWeights),
 }
 
 impl DenseWeights {
     /// Output channels.
     pub fn co(&self) -> usize {
         match self {
-            DenseWeights::Gemm(pw) => pw.co,
+            DenseWeights::Gemm(pw) | DenseWeights::Either(pw, _) => pw.co,
             DenseWeights::Winograd(ww) => ww.co,
         }
     }
@@ -111,7 +114,7 @@ impl DenseWeights {
     /// Reduction length `c * kh * kw`.
     pub fn k(&self) -> usize {
         match self {
-            DenseWeights::Gemm(pw) => pw.k,
+            DenseWeights::Gemm(pw) | DenseWeights::Either(pw, _) => pw.k,
             DenseWeights::Winograd(ww) => ww.c * 9,
         }
     }
@@ -119,8 +122,8 @@ impl DenseWeights {
     /// Whether these weights run a conv with `args`.
     fn fits(&self, args: &ConvArgs) -> bool {
         match self {
-            DenseWeights::Gemm(_) => true,
-            DenseWeights::Winograd(_) => args.kernel == [3, 3] && args.stride == [1, 1] && args.dilation == [1, 1],
+            DenseWeights::Gemm(_) | DenseWeights::Either(..) => true,
+            DenseWeights::Winograd(_) => winograd::fits(args.kernel, args.stride, args.dilation),
         }
     }
 }
@@ -192,6 +195,10 @@ pub fn conv2d_packed(
         match weights {
             DenseWeights::Gemm(pw) => packed::conv(&input, pw, n, &g, res, act),
             DenseWeights::Winograd(ww) => winograd::conv(&input, ww, n, &g, res, act),
+            DenseWeights::Either(pw, ww) => match winograd::fits(args.kernel, args.stride, args.dilation) && winograd::pays(n, oh, ow) {
+                true => winograd::conv(&input, ww, n, &g, res, act),
+                false => packed::conv(&input, pw, n, &g, res, act),
+            },
         }
     });
     wrap(out, (n, co, oh, ow))

@@ -212,6 +212,8 @@ fn winograd_matches_portable() {
     // (n, c, h, w, co, pad)
     let cases: &[(usize, usize, usize, usize, usize, [usize; 4])] = &[
         (1, 16, 16, 16, 16, [1; 4]),
+        (1, 16, 7, 7, 16, [1; 4]),
+        (5, 16, 7, 7, 16, [1; 4]),
         (2, 20, 13, 11, 24, [1; 4]),
         (1, 8, 9, 30, 40, [0; 4]),
         (3, 300, 6, 7, 17, [2, 0, 1, 2]),
@@ -231,8 +233,10 @@ fn winograd_matches_portable() {
         let bv: Vec<f32> = bias.to_vec1().unwrap();
         let tol = 1e-4 * (c as f32).sqrt();
         for isa in Isa::all_available() {
-            let ww = DenseWeights::Winograd(WinogradWeights::new(&wv, co, c, Some(&bv), isa));
-            for (act, residual) in [(None, false), (Some(Activation::Relu), false), (Some(Activation::Relu6), true), (Some(Activation::Silu), true)] {
+            let wino = DenseWeights::Winograd(WinogradWeights::new(&wv, co, c, Some(&bv), isa));
+            // Both kernels' weights: the call picks by its tile count.
+            let either = DenseWeights::Either(PackedWeights::new(&wv, co, c * 9, Some(&bv), isa), WinogradWeights::new(&wv, co, c, Some(&bv), isa));
+            for ((act, residual), ww) in [(None, false), (Some(Activation::Relu), false), (Some(Activation::Relu6), true), (Some(Activation::Silu), true)].into_iter().zip([&wino, &either, &wino, &either]) {
                 let want = if residual { (&plain + &res).unwrap() } else { plain.clone() };
                 let want = match act {
                     None => want,
@@ -240,7 +244,7 @@ fn winograd_matches_portable() {
                     Some(Activation::Relu6) => want.clamp(0f32, 6f32).unwrap(),
                     _ => want.silu().unwrap(),
                 };
-                let got = conv2d_packed(&[&x], &ww, &args, None, None, residual.then_some(&res), act).unwrap().expect("winograd applies");
+                let got = conv2d_packed(&[&x], ww, &args, None, None, residual.then_some(&res), act).unwrap().expect("winograd applies");
                 assert_eq!(got.dims(), want.dims());
                 let d = max_diff(&got, &want);
                 assert!(d < tol, "{isa:?} n{n} c{c} {h}x{w} co{co} {pad:?} {act:?} {residual}: {d}");

@@ -42,12 +42,21 @@ const G: [[f64; 3]; 6] = [
     [0.0, 0.0, 1.0],
 ];
 
-/// Whether a 3x3 stride-1 conv of `c` to `co` channels with `[oh, ow]` outputs per image is
-/// faster through Winograd than through the direct packed GEMM even at batch 1 (enough tiles
-/// per image for full micro-panels, enough channels for the transforms to pay). Only the
-/// AVX-512 transforms are fast enough.
-pub fn pays(isa: Isa, c: usize, co: usize, oh: usize, ow: usize) -> bool {
-    isa.capped() >= Isa::Avx512 && c >= 16 && co >= 16 && oh.div_ceil(4) * ow.div_ceil(4) >= 16
+/// Whether Winograd runs a conv with this kernel, stride and dilation (3x3, 1, 1).
+pub fn fits(kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) -> bool {
+    kernel == [3, 3] && stride == [1, 1] && dilation == [1, 1]
+}
+
+/// Whether Winograd beats the direct packed GEMM on a conv of `c` to `co` channels at level
+/// `isa` once a call has enough tiles ([`pays`]): only the AVX-512 transforms are fast
+/// enough, and a handful of channels leaves the transforms unpaid.
+pub fn suits(isa: Isa, c: usize, co: usize) -> bool {
+    isa.capped() >= Isa::Avx512 && c >= 16 && co >= 16
+}
+
+/// Whether `n` images of `[oh, ow]` outputs bring enough 4x4 tiles to fill micro-panels.
+pub fn pays(n: usize, oh: usize, ow: usize) -> bool {
+    n * oh.div_ceil(4) * ow.div_ceil(4) >= 16
 }
 
 /// A 3x3 conv's weights transformed (`U`, one packed `[co, c]` matrix per position of the
