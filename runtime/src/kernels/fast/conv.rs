@@ -161,6 +161,13 @@ pub fn conv2d_packed(
     act: Option<Activation>,
 ) -> Result<Option<Tensor>> {
     let Some(first) = parts.first() else { return Ok(None) };
+    if args.kernel == [1, 1] && args.stride != [1, 1] && args.pad == [0; 4] && parts.len() == 1 && affine.is_none() && gate.is_none() {
+        // A strided 1x1 conv reads one input in `sy * sx`: subsampled once, the plain 1x1
+        // conv then reads its planes in place and writes its outputs directly.
+        if let Some(x) = subsample(first, args.stride)? {
+            return conv2d_packed(&[&x], weights, &ConvArgs { stride: [1, 1], ..*args }, None, None, residual, act);
+        }
+    }
     let (n, _, h, wd) = first.dims4()?;
     let mut chans = Vec::with_capacity(parts.len());
     for t in parts {
@@ -202,6 +209,27 @@ pub fn conv2d_packed(
         }
     });
     wrap(out, (n, co, oh, ow))
+}
+
+/// Every `stride`-th row and column of NCHW `x` (`x[.., ::sy, ::sx]`), or `None` when the
+/// fast path does not apply.
+fn subsample(x: &Tensor, stride: [usize; 2]) -> Result<Option<Tensor>> {
+    let (n, c, h, w) = x.dims4()?;
+    let (oh, ow) = (h.div_ceil(stride[0]), w.div_ceil(stride[1]));
+    let out = with_f32(x, |xs| {
+        // Every plane is written whole below.
+        let mut out = uninit_vec(n * c * oh * ow);
+        out.par_chunks_mut((oh * ow).max(1)).zip(xs.par_chunks(h * w)).for_each(|(o, p)| {
+            for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
+                let row = &p[oy * stride[0] * w..][..w];
+                for (ox, v) in orow.iter_mut().enumerate() {
+                    *v = row[ox * stride[1]];
+                }
+            }
+        });
+        out
+    });
+    wrap(out, (n, c, oh, ow))
 }
 
 /// Grouped (not depthwise) convolution: im2col and one GEMM per image and group.
