@@ -75,21 +75,15 @@ impl WinogradWeights {
     /// Transforms row-major `w` `[co, c, 3, 3]` (in f64) and packs it for level `isa`.
     pub fn new(w: &[f32], co: usize, c: usize, bias: Option<&[f32]>, isa: Isa) -> WinogradWeights {
         assert!(w.len() == co * c * 9 && bias.is_none_or(|b| b.len() == co), "winograd weights: bad lengths");
-        let mut u = vec![vec![0f32; co * c]; 36];
-        for (oc, g) in w.chunks_exact(9).enumerate() {
-            let mut gg = [[0f64; 3]; 6];
-            for (a, row) in gg.iter_mut().enumerate() {
-                for (b, v) in row.iter_mut().enumerate() {
-                    *v = (0..3).map(|k| G[a][k] * g[k * 3 + b] as f64).sum();
-                }
-            }
-            for a in 0..6 {
-                for b in 0..6 {
-                    u[a * 6 + b][oc] = (0..3).map(|k| gg[a][k] * G[b][k]).sum::<f64>() as f32;
-                }
-            }
-        }
-        let u = u.iter().map(|m| PackedWeights::new(m, co, c, None, isa)).collect();
+        // U per (output, input) channel pair, then one [co, c] matrix per tile position.
+        let pairs: Vec<[f32; 36]> = w.par_chunks_exact(9).map(transform_kernel).collect();
+        let u: Vec<PackedWeights> = (0..36)
+            .into_par_iter()
+            .map(|xi| {
+                let m: Vec<f32> = pairs.iter().map(|p| p[xi]).collect();
+                PackedWeights::new(&m, co, c, None, isa)
+            })
+            .collect();
         WinogradWeights { co, c, u, bias: bias.map_or_else(|| vec![0.0; co], <[f32]>::to_vec) }
     }
 
@@ -97,6 +91,17 @@ impl WinogradWeights {
     pub fn isa(&self) -> Isa {
         self.u[0].isa()
     }
+}
+
+/// `G g Gᵀ` of one 3x3 kernel `g` (row-major), computed in f64.
+fn transform_kernel(g: &[f32]) -> [f32; 36] {
+    let mut gg = [[0f64; 3]; 6];
+    for (a, row) in gg.iter_mut().enumerate() {
+        for (b, v) in row.iter_mut().enumerate() {
+            *v = (0..3).map(|k| G[a][k] * g[k * 3 + b] as f64).sum();
+        }
+    }
+    std::array::from_fn(|xi| (0..3).map(|k| gg[xi / 6][k] * G[xi % 6][k]).sum::<f64>() as f32)
 }
 
 /// The tiles of a conv's output: `n` images of `th x tw` tiles.
