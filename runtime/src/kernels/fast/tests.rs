@@ -32,6 +32,11 @@ fn fast_conv_matches_portable() {
         ([1, 5, 11, 11], [5, 1, 5, 5], [2, 2], [2; 4], [1, 1], 5),
         ([1, 3, 7, 7], [3, 1, 3, 3], [1, 1], [2; 4], [2, 2], 3),
         ([1, 4, 7, 7], [4, 1, 7, 7], [1, 1], [3; 4], [1, 1], 4),
+        // Depthwise on small maps with channels in the lanes: whole and partial blocks of 16,
+        // rows of more than 16 positions, stride 2, 7x7 kernels.
+        ([2, 40, 7, 7], [40, 1, 3, 3], [1, 1], [1; 4], [1, 1], 40),
+        ([1, 20, 27, 19], [20, 1, 5, 5], [2, 2], [2, 1, 2, 0], [1, 1], 20),
+        ([1, 33, 14, 14], [33, 1, 7, 7], [1, 1], [3; 4], [1, 1], 33),
         // Several k-blocks (K = 360): a fused clamp applies on the last one only.
         ([1, 40, 6, 6], [16, 40, 3, 3], [1, 1], [1; 4], [1, 1], 1),
     ];
