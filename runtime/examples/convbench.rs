@@ -90,6 +90,22 @@ fn main() {
             println!("{name} {act:?} {kname}: {t:7.3} ms  {:6.1} GFLOP/s (direct-equivalent)", flops / t / 1e6);
         }
     }
+    // (rows, in, out): ViT-B/16's MLP and attention projections at batch 1.
+    for &(rows, inf, outf) in &[(197, 768, 3072), (197, 3072, 768), (197, 768, 2304), (197, 768, 768)] {
+        let name = format!("linear {rows}x{inf} -> {outf}");
+        if !name.contains(&only) {
+            continue;
+        }
+        let x = Tensor::randn(0f32, 1.0, (rows, inf), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (outf, inf), &dev).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = Tensor::randn(0f32, 0.1, outf, &dev).unwrap().to_vec1::<f32>().unwrap();
+        let pw = PackedWeights::new_linear(&w, outf, inf, Some(&b), isa);
+        for act in [None, Some(Activation::Gelu)] {
+            let run = || fast::linear_packed(&x, &pw, act).unwrap().unwrap();
+            let t = min_ms(&run, reps);
+            println!("{name} {act:?}: {t:7.3} ms  {:6.1} GFLOP/s", 2.0 * (rows * inf * outf) as f64 / t / 1e6);
+        }
+    }
     for a in [Activation::Relu, Activation::Silu, Activation::Gelu, Activation::Sigmoid].into_iter().filter(|a| format!("{a:?}").contains(&only)) {
         let mut v: Vec<f32> = (0..96 * 112 * 112).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
         let t = (0..reps.min(10))
