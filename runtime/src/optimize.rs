@@ -5,7 +5,7 @@
 //! The plain [`Model`] is untouched: parameter names and training keep using it.
 
 use crate::exec::{self, NodeParams, ParamSource};
-use crate::kernels::fast::{self, packed::{Affine, PackedWeights}, winograd::{self, WinogradWeights}, ConvArgs, DenseWeights, Isa};
+use crate::kernels::fast::{self, packed::{Affine, PackedWeights}, winograd::{self, LazyWinograd, WinogradWeights}, ConvArgs, DenseWeights, Isa};
 use crate::kernels::{self as k};
 use crate::model::{run_graph, Model};
 use anyhow::{anyhow, bail, Result};
@@ -158,12 +158,12 @@ impl OptimizedModel {
                         _ => (0, 0),
                     };
                     let gemm = || PackedWeights::new(&wv, *co, k, bv.as_deref(), isa);
-                    let wino = || WinogradWeights::new(&wv, *co, c, bv.as_deref(), isa);
+
                     // Winograd where it wins at batch 1; both where only larger batches bring
                     // enough tiles.
                     let weights = match winograd::fits(*kernel, *stride, *dilation) && winograd::suits(isa, c, *co) {
-                        true if winograd::pays(1, map.0, map.1) => DenseWeights::Winograd(wino()),
-                        true => DenseWeights::Either(gemm(), wino()),
+                        true if winograd::pays(1, map.0, map.1) => DenseWeights::Winograd(WinogradWeights::new(&wv, *co, c, bv.as_deref(), isa)),
+                        true => DenseWeights::Either(gemm(), LazyWinograd::new(&wv, *co, c, bv.as_deref(), isa)),
                         false => DenseWeights::Gemm(gemm()),
                     };
                     packed.insert(id.index(), weights);

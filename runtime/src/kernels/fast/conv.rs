@@ -4,7 +4,7 @@
 
 use super::gemm::{gemm, Mat};
 use super::packed::{self, Affine, ConvInput, PackedWeights};
-use super::winograd::{self, WinogradWeights};
+use super::winograd::{self, LazyWinograd, WinogradWeights};
 use super::{threads, uninit_vec, with_f32, Geo, Isa};
 use crate::kernels::cpu;
 use crate::kernels::depthwise::{self, Layout, Plane};
@@ -91,15 +91,15 @@ pub struct ConvArgs {
 }
 
 /// A dense conv's weights, prepared once for one of the two kernels.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum DenseWeights {
     /// The packed GEMM ([`packed`]): any kernel, stride and dilation.
     Gemm(PackedWeights),
     /// Winograd F(4x4, 3x3) ([`winograd`]): 3x3 kernels at stride 1 without dilation.
     Winograd(WinogradWeights),
-    /// Both, for a small map: Winograd once the batch brings enough tiles
-    /// ([`winograd::pays`]), else the packed GEMM.
-    Either(PackedWeights, WinogradWeights),
+    /// Both, for a small map: Winograd (transformed on first use) once the batch brings
+    /// enough tiles ([`winograd::pays`]), else the packed GEMM.
+    Either(PackedWeights, LazyWinograd),
 }
 
 impl DenseWeights {
@@ -203,7 +203,7 @@ pub fn conv2d_packed(
             DenseWeights::Gemm(pw) => packed::conv(&input, pw, n, &g, res, act),
             DenseWeights::Winograd(ww) => winograd::conv(&input, ww, n, &g, res, act),
             DenseWeights::Either(pw, ww) => match winograd::fits(args.kernel, args.stride, args.dilation) && winograd::pays(n, oh, ow) {
-                true => winograd::conv(&input, ww, n, &g, res, act),
+                true => winograd::conv(&input, ww.get(), n, &g, res, act),
                 false => packed::conv(&input, pw, n, &g, res, act),
             },
         }

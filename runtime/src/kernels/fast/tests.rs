@@ -240,7 +240,7 @@ fn winograd_matches_portable() {
         for isa in Isa::all_available() {
             let wino = DenseWeights::Winograd(WinogradWeights::new(&wv, co, c, Some(&bv), isa));
             // Both kernels' weights: the call picks by its tile count.
-            let either = DenseWeights::Either(PackedWeights::new(&wv, co, c * 9, Some(&bv), isa), WinogradWeights::new(&wv, co, c, Some(&bv), isa));
+            let either = DenseWeights::Either(PackedWeights::new(&wv, co, c * 9, Some(&bv), isa), super::winograd::LazyWinograd::new(&wv, co, c, Some(&bv), isa));
             for ((act, residual), ww) in [(None, false), (Some(Activation::Relu), false), (Some(Activation::Relu6), true), (Some(Activation::Silu), true)].into_iter().zip([&wino, &either, &wino, &either]) {
                 let want = if residual { (&plain + &res).unwrap() } else { plain.clone() };
                 let want = match act {

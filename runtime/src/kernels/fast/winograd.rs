@@ -20,6 +20,7 @@ use super::{threads, uninit_vec, Geo, Isa, OutPtr};
 use crate::kernels::cpu::{self, dispatch};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::OnceLock;
 use tlc_compiler::ir::Activation;
 
 /// Tiles the transforms process side by side.
@@ -102,6 +103,31 @@ fn transform_kernel(g: &[f32]) -> [f32; 36] {
         }
     }
     std::array::from_fn(|xi| (0..3).map(|k| gg[xi / 6][k] * G[xi % 6][k]).sum::<f64>() as f32)
+}
+
+/// Winograd weights transformed on first use: for convs on small maps that only a batch
+/// brings enough tiles for, so that batch-1 use never holds the (four times larger)
+/// transformed copy.
+#[derive(Debug)]
+pub struct LazyWinograd {
+    w: Vec<f32>,
+    co: usize,
+    c: usize,
+    bias: Option<Vec<f32>>,
+    isa: Isa,
+    built: OnceLock<WinogradWeights>,
+}
+
+impl LazyWinograd {
+    /// Keeps `w` `[co, c, 3, 3]` and the bias for [`WinogradWeights::new`] at level `isa`.
+    pub fn new(w: &[f32], co: usize, c: usize, bias: Option<&[f32]>, isa: Isa) -> LazyWinograd {
+        LazyWinograd { w: w.to_vec(), co, c, bias: bias.map(<[f32]>::to_vec), isa, built: OnceLock::new() }
+    }
+
+    /// The transformed weights (built by the first caller).
+    pub fn get(&self) -> &WinogradWeights {
+        self.built.get_or_init(|| WinogradWeights::new(&self.w, self.co, self.c, self.bias.as_deref(), self.isa))
+    }
 }
 
 /// The tiles of a conv's output: `n` images of `th x tw` tiles.
