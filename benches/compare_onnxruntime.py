@@ -160,6 +160,27 @@ def profile(a):
             os.remove(r["profile"])
 
 
+def pool(files):
+    """The README's table from several runs: every repetition of every run pooled per row."""
+    rows = {}
+    for path in files:
+        with open(path) as f:
+            for r in json.load(f):
+                d = rows.setdefault((r["model"], r["batch"]), {"ms": {}, "rss": {}})
+                for eng, reps in r["all"].items():
+                    d["ms"].setdefault(eng, []).extend(x["ms"] for x in reps)
+                    if reps:
+                        d["rss"][eng] = max(x["rss"] for x in reps)
+    print("| model | batch | tlc ms | ONNX Runtime ms | PyTorch ms | tlc / ORT | tlc / ORT, fastest reps | tlc / PyTorch | peak RSS MiB tlc / ORT / PyTorch |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (name, b), d in rows.items():
+        med = {k: statistics.median(v) if v else float("nan") for k, v in d["ms"].items()}
+        low = {k: min(v) if v else float("nan") for k, v in d["ms"].items()}
+        rss = d["rss"]
+        print(f"| {name} | {b} | {med['tlc']:.1f} | {med['ort']:.1f} | {med['torch']:.1f} | {med['tlc'] / med['ort']:.2f} | {low['tlc'] / low['ort']:.2f} | "
+              f"{med['tlc'] / med['torch']:.2f} | {rss['tlc']:.0f} / {rss['ort']:.0f} / {rss['torch']:.0f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tlc", default=os.path.join(ROOT, "target", "release", "tlc"))
@@ -174,6 +195,7 @@ def main():
     ap.add_argument("--cpu", action="store_true", help="compare CPU time per forward (all threads) instead of wall time: steadier on a loaded machine, meaningful with --threads 1")
     ap.add_argument("--profile", action="store_true", help="print ONNX Runtime's per-op-type profile instead")
     ap.add_argument("--top", type=int, default=12, help="slowest nodes listed by --profile")
+    ap.add_argument("--pool", nargs="+", metavar="JSON", help="print the markdown table of several runs' --json files pooled (median and fastest repetition per engine; peak RSS of the last run) instead of measuring")
     ap.add_argument("--worker", choices=["ort", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--onnx", help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", help=argparse.SUPPRESS)
@@ -184,6 +206,9 @@ def main():
         return
     if a.profile:
         profile(a)
+        return
+    if a.pool:
+        pool(a.pool)
         return
     rows = []
     print(f"{a.threads} threads, {a.reps} repetitions (median); load average before: {os.getloadavg()}", file=sys.stderr)
