@@ -23,6 +23,9 @@ pub struct BlockDef {
     pub span: Span,
 }
 
+/// A variant's overrides: parameter name, its span and the new value.
+pub type Overrides = Vec<(String, Span, Node)>;
+
 /// A parsed spec file (before expansion).
 #[derive(Clone, Debug)]
 pub struct Spec {
@@ -37,7 +40,7 @@ pub struct Spec {
     /// `params:` in order: spec-level variables.
     pub params: Vec<(String, Span, Node)>,
     /// `variants:`: name and overrides.
-    pub variants: Vec<(String, Span, Vec<(String, Span, Node)>)>,
+    pub variants: Vec<(String, Span, Overrides)>,
     /// `default_variant:`.
     pub default_variant: Option<(String, Span)>,
     /// `import:` file names.

@@ -25,7 +25,8 @@ impl Lowerer {
     /// A chain step named `name`; a block call opens a scope of that name (`origin` says how
     /// the name came about).
     pub(super) fn step_named(&mut self, s: &Step, name: String, inputs: Vec<NodeId>, ctx: &Ctx, origin: ScopeOrigin) -> NodeId {
-        let (callee, callee_span, args, kwargs): (&str, Span, &[Expr], &[(String, Span, Expr)]) = match &s.expr.kind {
+        type Callee<'a> = (&'a str, Span, &'a [Expr], &'a [(String, Span, Expr)]);
+        let (callee, callee_span, args, kwargs): Callee = match &s.expr.kind {
             ExprKind::Var(v) => (v, s.expr.span, &[], &[]),
             ExprKind::Call(c) => (&c.name, c.name_span, &c.args, &c.kwargs),
             ExprKind::Ref(r) => return self.resolve(r, s.expr.span, ctx).unwrap_or(inputs[0]),

@@ -47,10 +47,10 @@ pub fn report(scores: &[Vec<f32>], labels: &[usize], classes: usize) -> Report {
     let mut rc = Vec::new();
     let mut fc = Vec::new();
     let mut support = Vec::new();
-    for c in 0..classes {
-        let tp = confusion[c][c] as f64;
-        let pred: f64 = (0..classes).map(|r| confusion[r][c] as f64).sum();
-        let truth: f64 = confusion[c].iter().sum::<usize>() as f64;
+    for (c, row) in confusion.iter().enumerate().take(classes) {
+        let tp = row[c] as f64;
+        let pred: f64 = confusion.iter().take(classes).map(|r| r[c] as f64).sum();
+        let truth: f64 = row.iter().sum::<usize>() as f64;
         let p = div(tp, pred);
         let r = div(tp, truth);
         pc.push(p);

@@ -215,7 +215,8 @@ fn packed_prologue_parts_and_gate() {
 fn winograd_matches_portable() {
     use super::winograd::WinogradWeights;
     // (n, c, h, w, co, pad)
-    let cases: &[(usize, usize, usize, usize, usize, [usize; 4])] = &[
+    type Case = (usize, usize, usize, usize, usize, [usize; 4]);
+    let cases: &[Case] = &[
         (1, 16, 16, 16, 16, [1; 4]),
         (1, 16, 7, 7, 16, [1; 4]),
         (5, 16, 7, 7, 16, [1; 4]),

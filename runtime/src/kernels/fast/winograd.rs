@@ -289,7 +289,7 @@ dispatch! {
                     }
                 }
                 let vt = e.map(|ei| bt(&ei));
-                if lay.nr % L == 0 {
+                if lay.nr.is_multiple_of(L) {
                     // The chunk lies in one micro-panel.
                     let dst = lay.pos(ci, col0);
                     for (xi, lanes) in vt.iter().flatten().enumerate() {

@@ -40,7 +40,7 @@ unsafe fn at(m: [__m512; 6]) -> [__m512; 4] {
 /// wide, and every gather offset within `i32`.
 pub(super) fn input_fits(src: &Source, g: &Geo, n: usize, lay: &VLayout) -> bool {
     let span = (0..g.c).map(|ch| src.image_stride(ch)).max().unwrap_or(0) * n + g.h * g.w;
-    src.plain && lay.nr % 16 == 0 && span < i32::MAX as usize
+    src.plain && lay.nr.is_multiple_of(16) && span < i32::MAX as usize
 }
 
 /// The input transform of [`super::winograd`] for channels `chans` of tiles `ins` into `v`.
@@ -79,7 +79,7 @@ pub(super) unsafe fn transform_input(src: &Source, g: &Geo, ins: &[TileIn], lay:
             }
             let dst = lay.pos(ci, col0);
             for j in 0..6 {
-                let col = bt([h[0][j], h[1][j], h[2][j], h[3][j], h[4][j], h[5][j]]);
+                let col = bt(h.map(|hi| hi[j]));
                 for (i, c) in col.iter().enumerate() {
                     _mm512_storeu_ps(v.at((i * 6 + j) * vsz + dst), *c);
                 }
@@ -104,18 +104,14 @@ pub(super) unsafe fn transform_output(m: &[f32], msz: usize, ldc: usize, r0: usi
     let pair_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     let quad_lo = _mm512_setr_epi32(0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
     let quad_hi = _mm512_setr_epi32(8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
-    for r in r0..r1 {
-        let b = _mm512_set1_ps(bias[r]);
+    for (r, &bias_r) in bias.iter().enumerate().take(r1).skip(r0) {
+        let b = _mm512_set1_ps(bias_r);
         let mut col = 0;
         while col < tiles.len() {
             let mp = m.as_ptr().add((r - r0) * ldc + col);
-            let mut tt = [[_mm512_setzero_ps(); 6]; 4];
-            for j in 0..6 {
-                let c = at(std::array::from_fn(|i| _mm512_loadu_ps(mp.add((i * 6 + j) * msz))));
-                for (i, v) in c.iter().enumerate() {
-                    tt[i][j] = *v;
-                }
-            }
+            // Columns first: `cols[j]` is Aᵀ of position column j; then the rows of the result.
+            let cols: [[__m512; 4]; 6] = std::array::from_fn(|j| at(std::array::from_fn(|i| _mm512_loadu_ps(mp.add((i * 6 + j) * msz)))));
+            let tt: [[__m512; 6]; 4] = std::array::from_fn(|i| cols.map(|c| c[i]));
             let run = &tiles[col..tiles.len().min(col + 16)];
             let whole = run.len() == 16 && run[0].line == run[15].line && run[0].rows == 4 && run[15].cols == 4;
             for (i, ti) in tt.iter().enumerate() {
