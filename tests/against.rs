@@ -169,7 +169,8 @@ fn zoo_specs_match_themselves_and_mutations_are_reported() {
         assert!(against::compare(&g, &own).ok(), "{spec} does not match its own parameter list");
         let mid = own.len() / 2;
         let renumber = |n: &str| n.split('.').map(|s| s.parse::<usize>().map(|i| (i + 1).to_string()).unwrap_or(s.to_string())).collect::<Vec<_>>().join(".");
-        let mutations: Vec<(&str, Vec<(String, Vec<usize>)>)> = vec![
+        type Mutation<'a> = (&'a str, Vec<(String, Vec<usize>)>);
+        let mutations: Vec<Mutation> = vec![
             ("dropped", own.iter().enumerate().filter(|(i, _)| *i != mid).map(|(_, p)| p.clone()).collect()),
             ("prefixed", own.iter().map(|(n, s)| (format!("model.{n}"), s.clone())).collect()),
             ("renamed", own.iter().map(|(n, s)| (n.replacen('.', "_x.", 1), s.clone())).collect()),

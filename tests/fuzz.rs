@@ -14,10 +14,13 @@ use tlc_compiler::diag::Severity;
 use tlc_compiler::span::MemoryLoader;
 use tlc_compiler::{compile, render, Options};
 
+/// What [`corpus`] returns.
+type Corpus = (Vec<String>, Vec<(String, String)>);
+
 /// Every file of `specs/` as (`specs/name.yaml`, text), sorted; the first list holds the
 /// specs with a graph (the ones mutated).
-fn corpus() -> &'static (Vec<String>, Vec<(String, String)>) {
-    static CORPUS: OnceLock<(Vec<String>, Vec<(String, String)>)> = OnceLock::new();
+fn corpus() -> &'static Corpus {
+    static CORPUS: OnceLock<Corpus> = OnceLock::new();
     CORPUS.get_or_init(|| {
         let mut files: Vec<(String, String)> = std::fs::read_dir(common::root().join("specs"))
             .expect("specs/")

@@ -227,7 +227,8 @@ fn avg_pool_gradients() {
 fn activation_gradients() {
     let mut bad = Vec::new();
     let x = gen(&[64], 0.37, 0.1, 7.0);
-    let acts: [(&str, fn(&Tensor) -> R<Tensor>); 9] = [
+    type Act = (&'static str, fn(&Tensor) -> R<Tensor>);
+    let acts: [Act; 9] = [
         ("act_relu", |x| x.relu()),
         ("act_relu6", k::relu6),
         ("act_leaky01", |x| k::leaky_relu(x, 0.1)),
