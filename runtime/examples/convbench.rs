@@ -22,10 +22,19 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let isa = args.get(1).and_then(|s| Isa::parse(s)).unwrap_or_else(Isa::detect).capped();
     // Optional: repetitions (30) and a substring of the case names to run only those (for
-    // instruction counts under callgrind: `convbench avx2 1 "128->  32"`).
+    // instruction counts under callgrind: `convbench avx2 1 "128->  32"`; a whole case name
+    // followed by ` gemm` or ` winograd` picks one kernel).
     let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30);
     let only = args.get(3).cloned().unwrap_or_default();
     println!("kernel level {isa:?}");
+    dense(isa, reps, &only);
+    linear(isa, reps, &only);
+    activations(isa, reps, &only);
+    depthwise(isa, reps, &only);
+}
+
+/// Dense convs through the packed GEMM, and 3x3 stride-1 ones through Winograd as well.
+fn dense(isa: Isa, reps: usize, only: &str) {
     let dense: &[(usize, usize, usize, usize, usize, usize)] = &[
         // (batch, cin, hw, cout, k, stride)
         (1, 64, 56, 64, 3, 1),
@@ -62,14 +71,13 @@ fn main() {
         (8, 128, 7, 32, 3, 1),
         (8, 384, 8, 384, 3, 1),
     ];
-    let dev = Device::Cpu;
     for &(n, ci, hw, co, k, s) in dense {
-        let x = Tensor::randn(0f32, 1.0, (n, ci, hw, hw), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.1, (co, ci, k, k), &dev).unwrap();
-        let b = Tensor::randn(0f32, 0.1, co, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (n, ci, hw, hw), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (co, ci, k, k), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 0.1, co, &Device::Cpu).unwrap();
         let p = k / 2;
         let name = format!("n{n} {ci:4}->{co:4} {hw:3}x{hw:<3} k{k} s{s}");
-        if !name.contains(&only) && !only.contains(&name) {
+        if !name.contains(only) && !only.contains(&name) {
             continue;
         }
         let (wv, bv) = (w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
@@ -80,7 +88,7 @@ fn main() {
         let args = ConvArgs { kernel: [k, k], stride: [s, s], pad: [p; 4], dilation: [1, 1] };
         let act = Activation::Relu;
         for (kname, dw) in &kernels {
-            if !format!("{name} {kname}").contains(&only) {
+            if !format!("{name} {kname}").contains(only) {
                 continue;
             }
             let run = || fast::conv2d_packed(&[&x], dw, &args, None, None, None, Some(act)).unwrap().unwrap();
@@ -90,15 +98,19 @@ fn main() {
             println!("{name} {act:?} {kname}: {t:7.3} ms  {:6.1} GFLOP/s (direct-equivalent)", flops / t / 1e6);
         }
     }
+}
+
+/// Linear layers over token rows.
+fn linear(isa: Isa, reps: usize, only: &str) {
     // (rows, in, out): ViT-B/16's MLP and attention projections at batch 1.
     for &(rows, inf, outf) in &[(197, 768, 3072), (197, 3072, 768), (197, 768, 2304), (197, 768, 768)] {
         let name = format!("linear {rows}x{inf} -> {outf}");
-        if !name.contains(&only) {
+        if !name.contains(only) {
             continue;
         }
-        let x = Tensor::randn(0f32, 1.0, (rows, inf), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.1, (outf, inf), &dev).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = Tensor::randn(0f32, 0.1, outf, &dev).unwrap().to_vec1::<f32>().unwrap();
+        let x = Tensor::randn(0f32, 1.0, (rows, inf), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (outf, inf), &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = Tensor::randn(0f32, 0.1, outf, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
         let pw = PackedWeights::new_linear(&w, outf, inf, Some(&b), isa);
         for act in [None, Some(Activation::Gelu)] {
             let run = || fast::linear_packed(&x, &pw, act).unwrap().unwrap();
@@ -106,7 +118,11 @@ fn main() {
             println!("{name} {act:?}: {t:7.3} ms  {:6.1} GFLOP/s", 2.0 * (rows * inf * outf) as f64 / t / 1e6);
         }
     }
-    for a in [Activation::Relu, Activation::Silu, Activation::Gelu, Activation::Sigmoid].into_iter().filter(|a| format!("{a:?}").contains(&only)) {
+}
+
+/// Activations in place.
+fn activations(isa: Isa, reps: usize, only: &str) {
+    for a in [Activation::Relu, Activation::Silu, Activation::Gelu, Activation::Sigmoid].into_iter().filter(|a| format!("{a:?}").contains(only)) {
         let mut v: Vec<f32> = (0..96 * 112 * 112).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
         let t = (0..reps.min(10))
             .map(|_| {
@@ -117,15 +133,19 @@ fn main() {
             .fold(f64::INFINITY, f64::min);
         println!("{a:?} on {} floats: {t:.3} ms", v.len());
     }
+}
+
+/// Depthwise convs with SiLU.
+fn depthwise(isa: Isa, reps: usize, only: &str) {
     // (batch, channels, hw, k, stride)
     for &(n, c, hw, k, s) in &[(1, 96, 112, 3, 2), (1, 144, 56, 3, 1), (1, 240, 28, 5, 1), (1, 672, 14, 5, 1), (1, 1152, 7, 5, 1), (1, 96, 56, 7, 1), (8, 144, 56, 3, 1), (1, 960, 7, 3, 1), (1, 576, 14, 3, 1), (1, 576, 14, 3, 2), (1, 144, 56, 3, 2), (1, 768, 7, 7, 1), (1, 192, 28, 3, 1)] {
         let name = format!("n{n} depthwise {c:4} {hw:3}x{hw:<3} k{k} s{s}");
-        if !name.contains(&only) {
+        if !name.contains(only) {
             continue;
         }
-        let x = Tensor::randn(0f32, 1.0, (n, c, hw, hw), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.1, (c, 1, k, k), &dev).unwrap();
-        let b = Tensor::randn(0f32, 0.1, c, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (n, c, hw, hw), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (c, 1, k, k), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 0.1, c, &Device::Cpu).unwrap();
         let run = || fast::conv2d(&x, &w, Some(&b), [s, s], [k / 2; 4], [1, 1], c, Some(Activation::Silu), isa).unwrap().unwrap();
         let (_, _, oh, ow) = run().dims4().unwrap();
         let t = min_ms(&run, reps);
