@@ -3,6 +3,7 @@
 //! rows read in place from a padded input (`Gather`, no packing at all).
 
 use super::Isa;
+use tlc_compiler::ir::Activation;
 
 /// Where row `k` of a B micro-panel (`NR` floats) starts.
 pub(super) trait Rows: Copy {
@@ -71,6 +72,16 @@ impl Micro {
 /// Bounds `(lo, hi)` the stored values are clamped to (ReLU, ReLU6 on the last k-block), or
 /// `None`.
 pub(super) type Clamp = Option<(f32, f32)>;
+
+/// Splits a conv's activation into what the kernels' stores clamp (ReLU or ReLU6 without a
+/// residual: no second pass over the output) and what is left for an epilogue.
+pub(super) fn split_act(act: Option<Activation>, residual: bool) -> (Clamp, Option<Activation>) {
+    match (act, residual) {
+        (Some(Activation::Relu), false) => (Some((0.0, f32::INFINITY)), None),
+        (Some(Activation::Relu6), false) => (Some((0.0, 6.0)), None),
+        _ => (None, act),
+    }
+}
 
 /// `C[MR, NR] (= bias | +=) A[MR, kc] * B[kc, NR]` with kernel `m`: `a` k-major `[kc][MR]`,
 /// `b` `[kc][NR]`, `c` rows `ldc` apart; `bias: Some` starts from the bias, `None` adds to `c`;

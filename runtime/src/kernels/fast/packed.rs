@@ -21,7 +21,7 @@
 
 use super::cols::{Cols, Source};
 pub use super::cols::{Affine, ConvInput};
-use super::micro::{micro, narrow, Clamp, Gather, Micro, Packed, Rows, NARROW_MAX};
+use super::micro::{micro, narrow, split_act, Clamp, Gather, Micro, Packed, Rows, NARROW_MAX};
 use super::{threads, uninit_vec, Geo, Isa, OutPtr, NB};
 use crate::kernels::cpu;
 use rayon::prelude::*;
@@ -317,12 +317,7 @@ pub fn conv(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, residual: 
     // Every element is written by the task that owns it.
     let mut out = uninit_vec(total);
     let shared = (plan.msplit > 1 && matches!(cols, Cols::Im2col(_))).then(|| pack_all(&cols, g, pw, &plan));
-    let clamp = match (act, residual) {
-        (Some(Activation::Relu), None) => Some((0.0, f32::INFINITY)),
-        (Some(Activation::Relu6), None) => Some((0.0, 6.0)),
-        _ => None,
-    };
-    let act = act.filter(|_| clamp.is_none());
+    let (clamp, act) = split_act(act, residual.is_some());
     let job = Job { cols: &cols, g, pw, plan: &plan, shared: shared.as_deref(), residual, act, clamp, out: OutPtr(out.as_mut_ptr()) };
     (0..plan.tasks()).into_par_iter().with_max_len(1).for_each(|t| job.run(t));
     out

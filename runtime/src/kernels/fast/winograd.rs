@@ -14,7 +14,7 @@
 //! side (auto-vectorised at the CPU's level).
 
 use super::cols::{ConvInput, Source};
-use super::micro::{Clamp, Packed};
+use super::micro::{split_act, Clamp, Packed};
 use super::packed::{run_kblock, PackedWeights};
 use super::{threads, uninit_vec, Geo, Isa, OutPtr};
 use crate::kernels::cpu::{self, dispatch};
@@ -462,12 +462,7 @@ impl<'a> Job<'a> {
         let want = TASKS_PER_THREAD * threads();
         let split = if blocks >= want { 1 } else { want.div_ceil(blocks).min(mpanels).max(1) };
         let per_chunk = mpanels.div_ceil(split);
-        let clamp = match (act, residual) {
-            (Some(Activation::Relu), None) => Some((0.0, f32::INFINITY)),
-            (Some(Activation::Relu6), None) => Some((0.0, 6.0)),
-            _ => None,
-        };
-        let act = act.filter(|_| clamp.is_none());
+        let (clamp, act) = split_act(act, residual.is_some());
         #[cfg(target_arch = "x86_64")]
         let fast_input = super::winograd_x86::input_fits(src, g, n, &lay);
         #[cfg(not(target_arch = "x86_64"))]
