@@ -8,6 +8,9 @@
 //! chains (small 7x7 planes get their parallelism from four rows). Bias, activation and the
 //! plane's sum (a squeeze-excitation pool) are fused. `V` is 16 with AVX-512 (for rows of at
 //! least 16 outputs), 8 otherwise, with AVX2 and in the portable loops, which compute the same sums in the same order.
+//!
+//! With AVX-512, the common shapes (square 3x3/5x5/7x7, stride 1 or 2) skip the scratch and
+//! read the plane in place with masked loads ([`super::depthwise_x86`]).
 
 use super::cpu::{act_sum, dispatch, Isa};
 use std::cell::RefCell;
@@ -160,13 +163,19 @@ thread_local! {
 pub(crate) fn plane(x: &[f32], wc: &[f32], b0: f32, l: &Layout, act: Option<Activation>, want_sum: bool, isa: Isa, o: &mut [f32]) -> f32 {
     let g = &l.g;
     assert!(x.len() >= g.h * g.w && wc.len() == g.kh * g.kw && o.len() == g.oh * g.ow, "depthwise plane: bad slice lengths");
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512 && super::depthwise_x86::supports(g) && Isa::Avx512.available() {
+        // SAFETY: the CPU has AVX-512 (checked just above) and the slice lengths were checked.
+        unsafe { super::depthwise_x86::plane(x, wc, b0, g, o) };
+        return act_sum(isa, act, o, want_sum);
+    }
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
-        if s.len() < l.len() + SLACK {
-            s.resize(l.len() + SLACK, 0.0);
+        if s.len() < l.len() {
+            s.resize(l.len(), 0.0);
         }
-        let scr = &mut s[..l.len() + SLACK];
-        fill(isa, l, x, &mut scr[..l.len()]);
+        let scr = &mut s[..l.len()];
+        fill(isa, l, x, scr);
         compute(scr, wc, b0, l, isa, o);
     });
     act_sum(isa, act, o, want_sum)
@@ -178,29 +187,10 @@ dispatch! {
     }
 }
 
-/// Floats after the scratch that [`rows_avx512`] may load (and never use).
-const SLACK: usize = 16;
-
-/// `scr`: the filled scratch and [`SLACK`] floats after it.
+/// `scr`: the filled scratch.
 fn compute(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, isa: Isa, o: &mut [f32]) {
-    let g = &l.g;
     #[cfg(target_arch = "x86_64")]
     {
-        if isa >= Isa::Avx512 && l.v == 16 && g.stride == [1, 1] && g.dil == [1, 1] && Isa::Avx512.available() {
-            // SAFETY: the CPU has AVX-512 (checked just above); every load lies within the
-            // scratch and its slack (see `rows_avx512`), every store within `o`.
-            let done = unsafe {
-                match g.kw {
-                    3 => rows_avx512::<3>(scr, wc, b0, l, o),
-                    5 => rows_avx512::<5>(scr, wc, b0, l, o),
-                    7 => rows_avx512::<7>(scr, wc, b0, l, o),
-                    _ => false,
-                }
-            };
-            if done {
-                return;
-            }
-        }
         if isa >= Isa::Avx512 && l.v == 16 && Isa::Avx512.available() {
             // SAFETY: the CPU has AVX-512 (checked just above); `Layout` bounds every read
             // to `scr` (`rows * rs` floats: the last unit's last tap ends at its end); a full
@@ -218,90 +208,6 @@ fn compute(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, isa: Isa, o: &mut [f32]
     units_portable(scr, wc, b0, l, o)
 }
 
-
-/// Stride-1 AVX-512 depthwise by output row: up to four 16-lane units of a row share each input
-/// row's `G + 1` vector loads, the `KW` horizontal taps made from them by lane shifts (`valignd`)
-/// instead of one unaligned load per tap and unit. Returns `false` for unsupported shapes.
-///
-/// # Safety
-/// The CPU supports AVX-512F; `scr` holds the filled scratch plus [`SLACK`] floats (a group's
-/// last load may start at the scratch's last padded column and read 16 floats).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn rows_avx512<const KW: usize>(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, o: &mut [f32]) -> bool {
-    let g = &l.g;
-    let chunks = g.ow.div_ceil(16);
-    if g.kw != KW || wc.len() != g.kh * KW || scr.len() < l.len() + SLACK || o.len() < g.oh * g.ow {
-        return false;
-    }
-    for oy in 0..g.oh {
-        let mut c0 = 0;
-        while c0 < chunks {
-            let n = (chunks - c0).min(4);
-            match n {
-                4 => row_group::<KW, 4>(scr, wc, b0, l, oy, c0, o),
-                3 => row_group::<KW, 3>(scr, wc, b0, l, oy, c0, o),
-                2 => row_group::<KW, 2>(scr, wc, b0, l, oy, c0, o),
-                _ => row_group::<KW, 1>(scr, wc, b0, l, oy, c0, o),
-            }
-            c0 += n;
-        }
-    }
-    true
-}
-
-/// `G` units of output row `oy` from unit `c0` on (see [`rows_avx512`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline]
-unsafe fn row_group<const KW: usize, const G: usize>(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, oy: usize, c0: usize, o: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let g = &l.g;
-    let mut acc = [_mm512_set1_ps(b0); G];
-    for i in 0..g.kh {
-        // Stride 1: one phase, padded rows `rs` apart; unit c reads from column 16 c.
-        let row = scr.as_ptr().add((oy + i) * l.rs + c0 * 16);
-        let mut v = [_mm512_setzero_ps(); 5];
-        for (m, vm) in v.iter_mut().enumerate().take(G + 1) {
-            *vm = _mm512_loadu_ps(row.add(m * 16));
-        }
-        for j in 0..KW {
-            let w = _mm512_set1_ps(*wc.get_unchecked(i * KW + j));
-            for m in 0..G {
-                acc[m] = _mm512_fmadd_ps(w, shifted(v[m + 1], v[m], j), acc[m]);
-            }
-        }
-    }
-    for (m, a) in acc.into_iter().enumerate() {
-        let x0 = (c0 + m) * 16;
-        let n = 16.min(g.ow - x0);
-        let at = o.as_mut_ptr().add(oy * g.ow + x0);
-        if n == 16 {
-            _mm512_storeu_ps(at, a);
-        } else {
-            _mm512_mask_storeu_ps(at, ((1u32 << n) - 1) as __mmask16, a);
-        }
-    }
-}
-
-/// Lanes `j..16` of `lo` followed by lanes `0..j` of `hi` (`j < 8`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn shifted(hi: std::arch::x86_64::__m512, lo: std::arch::x86_64::__m512, j: usize) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let (a, b) = (_mm512_castps_si512(hi), _mm512_castps_si512(lo));
-    _mm512_castsi512_ps(match j {
-        0 => b,
-        1 => _mm512_alignr_epi32::<1>(a, b),
-        2 => _mm512_alignr_epi32::<2>(a, b),
-        3 => _mm512_alignr_epi32::<3>(a, b),
-        4 => _mm512_alignr_epi32::<4>(a, b),
-        5 => _mm512_alignr_epi32::<5>(a, b),
-        6 => _mm512_alignr_epi32::<6>(a, b),
-        _ => _mm512_alignr_epi32::<7>(a, b),
-    })
-}
 
 fn units_portable(scr: &[f32], wc: &[f32], b0: f32, l: &Layout, o: &mut [f32]) {
     let mut acc = [0f32; 8];
@@ -416,6 +322,17 @@ mod tests {
             (3, 5, 7, 7, [1, 1], [3; 4], 1),
             (10, 9, 3, 3, [2, 2], [0, 1, 0, 1], 1),
             (12, 13, 2, 4, [1, 3], [1, 0, 2, 1], 1),
+            // In place with AVX-512: row groups of 1-4 units, 2-4 rows of narrow planes,
+            // asymmetric ("same") padding, no padding, rows ending mid-vector.
+            (14, 14, 3, 3, [2, 2], [0, 1, 0, 1], 1),
+            (7, 7, 7, 7, [1, 1], [3; 4], 1),
+            (16, 64, 3, 3, [1, 1], [1; 4], 1),
+            (33, 97, 5, 5, [2, 2], [1, 2, 1, 2], 1),
+            (30, 112, 7, 7, [2, 2], [3; 4], 1),
+            (6, 20, 5, 5, [1, 1], [2; 4], 1),
+            (6, 6, 3, 3, [2, 2], [1; 4], 1),
+            (9, 81, 3, 3, [1, 1], [0; 4], 1),
+            (11, 5, 5, 5, [2, 2], [2; 4], 1),
         ] {
             let oh = (h + p[0] + p[1] - d * (kh - 1) - 1) / s[0] + 1;
             let ow = (w + p[2] + p[3] - d * (kw - 1) - 1) / s[1] + 1;

@@ -8,6 +8,8 @@ mod act;
 mod conv;
 pub mod cpu;
 mod depthwise;
+#[cfg(target_arch = "x86_64")]
+mod depthwise_x86;
 mod grad;
 mod norm;
 mod pool;
