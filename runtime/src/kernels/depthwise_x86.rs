@@ -66,7 +66,7 @@ unsafe fn group<const K: usize, const S: usize>(x: &[f32], wc: &[f32], b0: f32, 
 
 /// Lanes of the 16-wide vector starting at plane column `col` that lie inside `0..w`.
 #[inline(always)]
-fn lanes(col: isize, w: usize) -> __mmask16 {
+pub(crate) fn lanes(col: isize, w: usize) -> __mmask16 {
     let lo = (-col).clamp(0, 16) as u32;
     let hi = (w as isize - col).clamp(0, 16) as u32;
     if hi <= lo {
@@ -140,7 +140,7 @@ unsafe fn block<const K: usize, const S: usize, const R: usize, const G: usize>(
 /// Stride-2 phases: `v[m] = [cols 32m.., cols 32m+16..]` becomes `[even cols, odd cols]`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn deinterleave(v: [[__m512; 2]; 3]) -> [[__m512; 2]; 3] {
+pub(crate) unsafe fn deinterleave(v: [[__m512; 2]; 3]) -> [[__m512; 2]; 3] {
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     v.map(|[a, b]| [_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b)])

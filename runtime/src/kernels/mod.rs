@@ -9,7 +9,7 @@ mod conv;
 pub mod cpu;
 mod depthwise;
 #[cfg(target_arch = "x86_64")]
-mod depthwise_x86;
+pub(crate) mod depthwise_x86;
 mod grad;
 mod norm;
 mod pool;

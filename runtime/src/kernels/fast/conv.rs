@@ -200,15 +200,25 @@ pub fn conv2d_packed(
         };
         let res = residual.map(|_| views[views.len() - 1]);
         match weights {
-            DenseWeights::Gemm(pw) => packed::conv(&input, pw, n, &g, res, act),
+            DenseWeights::Gemm(pw) => dense(&input, pw, n, &g, res, act),
             DenseWeights::Winograd(ww) => winograd::conv(&input, ww, n, &g, res, act),
             DenseWeights::Either(pw, ww) => match winograd::fits(args.kernel, args.stride, args.dilation) && winograd::pays(n, oh, ow) {
                 true => winograd::conv(&input, ww.get(), n, &g, res, act),
-                false => packed::conv(&input, pw, n, &g, res, act),
+                false => dense(&input, pw, n, &g, res, act),
             },
         }
     });
     wrap(out, (n, co, oh, ow))
+}
+
+/// The packed GEMM, or the direct kernel for few input channels ([`super::stem`]) where it
+/// applies.
+fn dense(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, res: Option<&[f32]>, act: Option<Activation>) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if super::stem::fits(input, pw, g, res.is_some()) {
+        return super::stem::conv(input.parts[0].0, pw, n, g, act);
+    }
+    packed::conv(input, pw, n, g, res, act)
 }
 
 /// Every `stride`-th row and column of NCHW `x` (`x[.., ::sy, ::sx]`), or `None` when the

@@ -24,6 +24,8 @@ mod linear;
 mod micro;
 mod pool;
 #[cfg(target_arch = "x86_64")]
+mod stem;
+#[cfg(target_arch = "x86_64")]
 mod winograd_x86;
 
 pub use super::cpu::Isa;

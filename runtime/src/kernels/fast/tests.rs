@@ -39,6 +39,15 @@ fn fast_conv_matches_portable() {
         ([1, 33, 14, 14], [33, 1, 7, 7], [1, 1], [3; 4], [1, 1], 33),
         // Several k-blocks (K = 360): a fused clamp applies on the last one only.
         ([1, 40, 6, 6], [16, 40, 3, 3], [1, 1], [1; 4], [1, 1], 1),
+        // Few input channels and 16k outputs (the direct stem kernel with AVX-512): rows of
+        // several 16-position units with a tail, a batch, "same" padding, stride 1, 8-wide
+        // and non-square kernels.
+        ([1, 3, 15, 15], [16, 3, 7, 7], [2, 2], [3; 4], [1, 1], 1),
+        ([2, 3, 23, 37], [32, 3, 3, 3], [2, 2], [1; 4], [1, 1], 1),
+        ([1, 3, 17, 17], [16, 3, 3, 3], [2, 2], [0, 1, 0, 1], [1, 1], 1),
+        ([1, 3, 20, 45], [16, 3, 3, 3], [1, 1], [1; 4], [1, 1], 1),
+        ([1, 1, 12, 40], [16, 1, 8, 8], [2, 2], [3; 4], [1, 1], 1),
+        ([1, 2, 6, 50], [16, 2, 2, 4], [1, 1], [0, 1, 1, 2], [1, 1], 1),
     ];
     for (xs, wsh, s, p, d, g) in cases {
         let x = sin_input(xs);
