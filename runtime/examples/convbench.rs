@@ -35,65 +35,71 @@ fn main() {
 
 /// Dense convs through the packed GEMM, and 3x3 stride-1 ones through Winograd as well.
 fn dense(isa: Isa, reps: usize, only: &str) {
-    let dense: &[(usize, usize, usize, usize, usize, usize)] = &[
-        // (batch, cin, hw, cout, k, stride)
-        (1, 64, 56, 64, 3, 1),
-        (1, 128, 28, 128, 3, 1),
-        (1, 256, 14, 256, 3, 1),
-        (1, 512, 7, 512, 3, 1),
-        (1, 3, 224, 64, 7, 2),
-        (1, 3, 224, 32, 3, 2),
-        (1, 3, 299, 32, 3, 2),
-        (1, 3, 224, 64, 3, 1),
-        (8, 3, 224, 64, 7, 2),
-        (1, 64, 56, 256, 1, 1),
-        (1, 256, 56, 64, 1, 1),
-        (1, 1024, 14, 256, 1, 1),
-        (1, 16, 112, 96, 1, 1),
-        (1, 96, 56, 24, 1, 1),
-        (1, 1152, 7, 320, 1, 1),
-        (1, 768, 7, 3072, 1, 1),
-        (1, 3072, 7, 768, 1, 1),
-        (1, 384, 14, 1536, 1, 1),
-        (1, 128, 56, 32, 3, 1),
-        (1, 128, 14, 32, 3, 1),
-        (1, 512, 28, 128, 1, 1),
-        (8, 64, 56, 64, 3, 1),
-        (1, 32, 147, 32, 3, 1),
-        (1, 32, 147, 64, 3, 1),
-        (1, 80, 71, 192, 3, 1),
-        (1, 64, 35, 96, 3, 1),
-        (1, 512, 28, 512, 3, 1),
-        (1, 64, 224, 64, 3, 1),
-        (8, 512, 7, 512, 3, 1),
-        (1, 256, 56, 512, 1, 2),
-        (1, 1024, 14, 2048, 1, 2),
-        (1, 128, 7, 32, 3, 1),
-        (1, 384, 8, 384, 3, 1),
-        (1, 448, 8, 384, 3, 1),
-        (8, 128, 7, 32, 3, 1),
-        (8, 384, 8, 384, 3, 1),
-        (1, 2048, 7, 512, 1, 1),
-        (1, 512, 7, 2048, 1, 1),
-        (1, 960, 7, 320, 1, 1),
-        (1, 256, 14, 1024, 1, 1),
-        (8, 2048, 7, 512, 1, 1),
+    let dense: &[(usize, usize, usize, usize, [usize; 2], usize)] = &[
+        // (batch, cin, hw, cout, [kh, kw], stride)
+        (1, 64, 56, 64, [3, 3], 1),
+        (1, 128, 28, 128, [3, 3], 1),
+        (1, 256, 14, 256, [3, 3], 1),
+        (1, 512, 7, 512, [3, 3], 1),
+        (1, 3, 224, 64, [7, 7], 2),
+        (1, 3, 224, 32, [3, 3], 2),
+        (1, 3, 299, 32, [3, 3], 2),
+        (1, 3, 224, 64, [3, 3], 1),
+        (8, 3, 224, 64, [7, 7], 2),
+        (1, 64, 56, 256, [1, 1], 1),
+        (1, 256, 56, 64, [1, 1], 1),
+        (1, 1024, 14, 256, [1, 1], 1),
+        (1, 16, 112, 96, [1, 1], 1),
+        (1, 96, 56, 24, [1, 1], 1),
+        (1, 1152, 7, 320, [1, 1], 1),
+        (1, 768, 7, 3072, [1, 1], 1),
+        (1, 3072, 7, 768, [1, 1], 1),
+        (1, 384, 14, 1536, [1, 1], 1),
+        (1, 128, 56, 32, [3, 3], 1),
+        (1, 128, 14, 32, [3, 3], 1),
+        (1, 512, 28, 128, [1, 1], 1),
+        (8, 64, 56, 64, [3, 3], 1),
+        (1, 32, 147, 32, [3, 3], 1),
+        (1, 32, 147, 64, [3, 3], 1),
+        (1, 80, 71, 192, [3, 3], 1),
+        (1, 64, 35, 96, [3, 3], 1),
+        (1, 512, 28, 512, [3, 3], 1),
+        (1, 64, 224, 64, [3, 3], 1),
+        (8, 512, 7, 512, [3, 3], 1),
+        (1, 256, 56, 512, [1, 1], 2),
+        (1, 1024, 14, 2048, [1, 1], 2),
+        (1, 128, 7, 32, [3, 3], 1),
+        (1, 384, 8, 384, [3, 3], 1),
+        (1, 448, 8, 384, [3, 3], 1),
+        (8, 128, 7, 32, [3, 3], 1),
+        (8, 384, 8, 384, [3, 3], 1),
+        (1, 2048, 7, 512, [1, 1], 1),
+        (1, 512, 7, 2048, [1, 1], 1),
+        (1, 960, 7, 320, [1, 1], 1),
+        (1, 256, 14, 1024, [1, 1], 1),
+        (8, 2048, 7, 512, [1, 1], 1),
+        (1, 192, 17, 192, [1, 7], 1),
+        (1, 192, 17, 192, [7, 1], 1),
+        (1, 160, 17, 160, [1, 7], 1),
+        (8, 192, 17, 192, [1, 7], 1),
+        (8, 192, 17, 192, [7, 1], 1),
     ];
-    for &(n, ci, hw, co, k, s) in dense {
+    for &(n, ci, hw, co, [kh, kw], s) in dense {
         let x = Tensor::randn(0f32, 1.0, (n, ci, hw, hw), &Device::Cpu).unwrap();
-        let w = Tensor::randn(0f32, 0.1, (co, ci, k, k), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (co, ci, kh, kw), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 0.1, co, &Device::Cpu).unwrap();
-        let p = k / 2;
+        let (ph, pw) = (kh / 2, kw / 2);
+        let k = if kh == kw { format!("{kh}") } else { format!("{kh}x{kw}") };
         let name = format!("n{n} {ci:4}->{co:4} {hw:3}x{hw:<3} k{k} s{s}");
         if !name.contains(only) && !only.contains(&name) {
             continue;
         }
         let (wv, bv) = (w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
-        let mut kernels = vec![("gemm", DenseWeights::Gemm(PackedWeights::new(&wv, co, ci * k * k, Some(&bv), isa)))];
-        if k == 3 && s == 1 {
+        let mut kernels = vec![("gemm", DenseWeights::Gemm(PackedWeights::new(&wv, co, ci * kh * kw, Some(&bv), isa)))];
+        if [kh, kw] == [3, 3] && s == 1 {
             kernels.push(("winograd", DenseWeights::Winograd(WinogradWeights::new(&wv, co, ci, Some(&bv), isa))));
         }
-        let args = ConvArgs { kernel: [k, k], stride: [s, s], pad: [p; 4], dilation: [1, 1] };
+        let args = ConvArgs { kernel: [kh, kw], stride: [s, s], pad: [ph, ph, pw, pw], dilation: [1, 1] };
         let act = Activation::Relu;
         for (kname, dw) in &kernels {
             if !format!("{name} {kname}").contains(only) {
@@ -102,7 +108,7 @@ fn dense(isa: Isa, reps: usize, only: &str) {
             let run = || fast::conv2d_packed(&[&x], dw, &args, None, None, None, Some(act)).unwrap().unwrap();
             let (_, _, oh, ow) = run().dims4().unwrap();
             let t = min_ms(&run, reps);
-            let flops = 2.0 * (n * co * oh * ow * ci * k * k) as f64;
+            let flops = 2.0 * (n * co * oh * ow * ci * kh * kw) as f64;
             println!("{name} {act:?} {kname}: {t:7.3} ms  {:6.1} GFLOP/s (direct-equivalent)", flops / t / 1e6);
         }
     }

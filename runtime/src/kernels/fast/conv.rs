@@ -168,6 +168,9 @@ pub fn conv2d_packed(
             return conv2d_packed(&[&x], weights, &ConvArgs { stride: [1, 1], ..*args }, None, None, residual, act);
         }
     }
+    if let Some(out) = conv_1xk_as_kx1(parts, weights, args, affine, gate, residual, act)? {
+        return Ok(Some(out));
+    }
     let (n, _, h, wd) = first.dims4()?;
     let mut chans = Vec::with_capacity(parts.len());
     for t in parts {
@@ -209,6 +212,60 @@ pub fn conv2d_packed(
         }
     });
     wrap(out, (n, co, oh, ow))
+}
+
+/// A `1 x k` stride-1 conv (Inception's 1x7 and 1x3) run as the `k x 1` conv of the
+/// transposed planes: its padding is then rows, which the packed GEMM's padded grid reads in
+/// place, where horizontal padding would widen every grid row (17 -> 23 columns computed per
+/// row at 1x7) or need im2col packing. Both have the same packed weights (`k = (c, tap)`).
+/// `Ok(None)` where it does not apply.
+#[allow(clippy::too_many_arguments)]
+fn conv_1xk_as_kx1(
+    parts: &[&Tensor],
+    weights: &DenseWeights,
+    args: &ConvArgs,
+    affine: Option<Affine>,
+    gate: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    act: Option<Activation>,
+) -> Result<Option<Tensor>> {
+    let [kh, kw] = args.kernel;
+    if kh != 1 || kw == 1 || args.stride != [1, 1] || args.dilation != [1, 1] || residual.is_some() || !matches!(weights, DenseWeights::Gemm(_)) {
+        return Ok(None);
+    }
+    let mut transposed = Vec::with_capacity(parts.len());
+    for t in parts {
+        match transpose_planes(t)? {
+            Some(t) => transposed.push(t),
+            None => return Ok(None),
+        }
+    }
+    let refs: Vec<&Tensor> = transposed.iter().collect();
+    let [pt, pb, pl, pr] = args.pad;
+    let args_t = ConvArgs { kernel: [kw, kh], pad: [pl, pr, pt, pb], ..*args };
+    match conv2d_packed(&refs, weights, &args_t, affine, gate, None, act)? {
+        Some(out) => transpose_planes(&out),
+        None => Ok(None),
+    }
+}
+
+/// NCHW `x` with every plane transposed (`[n, c, w, h]`), or `None` when the fast path does
+/// not apply.
+fn transpose_planes(x: &Tensor) -> Result<Option<Tensor>> {
+    let (n, c, h, w) = x.dims4()?;
+    let out = with_f32(x, |xs| {
+        // Every plane is written whole below.
+        let mut out = uninit_vec(n * c * h * w);
+        out.par_chunks_mut((h * w).max(1)).zip(xs.par_chunks((h * w).max(1))).for_each(|(o, p)| {
+            for (y, row) in p.chunks_exact(w).enumerate() {
+                for (x, &v) in row.iter().enumerate() {
+                    o[x * h + y] = v;
+                }
+            }
+        });
+        out
+    });
+    wrap(out, (n, c, w, h))
 }
 
 /// The packed GEMM, or the direct kernel for few input channels ([`super::stem`]) where it

@@ -48,6 +48,9 @@ fn fast_conv_matches_portable() {
         ([1, 3, 20, 45], [16, 3, 3, 3], [1, 1], [1; 4], [1, 1], 1),
         ([1, 1, 12, 40], [16, 1, 8, 8], [2, 2], [3; 4], [1, 1], 1),
         ([1, 2, 6, 50], [16, 2, 2, 4], [1, 1], [0, 1, 1, 2], [1, 1], 1),
+        // 1 x k at stride 1 (run as k x 1 on transposed planes), asymmetric padding.
+        ([2, 6, 17, 17], [16, 6, 1, 7], [1, 1], [0, 0, 3, 3], [1, 1], 1),
+        ([1, 3, 6, 8], [5, 3, 1, 3], [1, 1], [1, 0, 2, 1], [1, 1], 1),
     ];
     for (xs, wsh, s, p, d, g) in cases {
         let x = sin_input(xs);
@@ -189,14 +192,13 @@ fn channel_gate_matches_broadcast_mul() {
 }
 
 /// A packed conv over two channel parts with a BatchNorm + ReLU prologue and a gate equals
-/// the portable conv of `relu(x * s + t) * gate` on the concatenation.
+/// the portable conv of `relu(x * s + t) * gate` on the concatenation (a 3x3 conv, and a 1x7
+/// one, which runs on transposed planes).
 #[test]
 fn packed_prologue_parts_and_gate() {
     let (n, h, w) = (2, 9, 10);
     let a = sin_input(&[n, 3, h, w]);
     let b = cos_input(&[n, 2, h, w], 1.5);
-    let wt = cos_input(&[7, 5, 3, 3], 0.3);
-    let bias = cos_input(&[7], 0.1);
     let scale = [0.5f32, -1.0, 2.0, 0.25, 1.5];
     let shift = [0.1f32, 0.2, -0.3, 0.0, 0.05];
     let gate = cos_input(&[n, 5, 1, 1], 1.0);
@@ -204,16 +206,24 @@ fn packed_prologue_parts_and_gate() {
     let st = Tensor::new(&scale, &Device::Cpu).unwrap().reshape((1, 5, 1, 1)).unwrap();
     let tt = Tensor::new(&shift, &Device::Cpu).unwrap().reshape((1, 5, 1, 1)).unwrap();
     let pre = cat.broadcast_mul(&st).unwrap().broadcast_add(&tt).unwrap().relu().unwrap().broadcast_mul(&gate).unwrap();
-    let args = ConvArgs { kernel: [3, 3], stride: [2, 1], pad: [1, 0, 1, 1], dilation: [1, 1] };
-    let want = crate::kernels::conv2d(&pre, &wt, Some(&bias), args.stride, args.pad, args.dilation, 1).unwrap();
-    let wv: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
-    let bv: Vec<f32> = bias.to_vec1().unwrap();
-    for isa in Isa::all_available() {
-        let pw = PackedWeights::new(&wv, 7, 45, Some(&bv), isa);
-        let affine = Affine { scale: &scale, shift: &shift, act: Some(Activation::Relu) };
-        let got = conv2d_packed(&[&a, &b], &DenseWeights::Gemm(pw), &args, Some(affine), Some(&gate), None, None).unwrap().unwrap();
-        assert_eq!(got.dims(), want.dims());
-        assert!(max_diff(&got, &want) < 1e-4, "{isa:?}: {}", max_diff(&got, &want));
+    let cases = [
+        ConvArgs { kernel: [3, 3], stride: [2, 1], pad: [1, 0, 1, 1], dilation: [1, 1] },
+        ConvArgs { kernel: [1, 7], stride: [1, 1], pad: [0, 1, 3, 2], dilation: [1, 1] },
+    ];
+    for args in cases {
+        let [kh, kw] = args.kernel;
+        let wt = cos_input(&[7, 5, kh, kw], 0.3);
+        let bias = cos_input(&[7], 0.1);
+        let want = crate::kernels::conv2d(&pre, &wt, Some(&bias), args.stride, args.pad, args.dilation, 1).unwrap();
+        let wv: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
+        let bv: Vec<f32> = bias.to_vec1().unwrap();
+        for isa in Isa::all_available() {
+            let pw = PackedWeights::new(&wv, 7, 5 * kh * kw, Some(&bv), isa);
+            let affine = Affine { scale: &scale, shift: &shift, act: Some(Activation::Relu) };
+            let got = conv2d_packed(&[&a, &b], &DenseWeights::Gemm(pw), &args, Some(affine), Some(&gate), None, None).unwrap().unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_diff(&got, &want) < 1e-4, "{isa:?} {args:?}: {}", max_diff(&got, &want));
+        }
     }
 }
 
