@@ -33,9 +33,12 @@ fn main() {
     depthwise(isa, reps, &only);
 }
 
+/// (batch, cin, hw, cout, [kh, kw], stride).
+type Dense = (usize, usize, usize, usize, [usize; 2], usize);
+
 /// Dense convs through the packed GEMM, and 3x3 stride-1 ones through Winograd as well.
 fn dense(isa: Isa, reps: usize, only: &str) {
-    let dense: &[(usize, usize, usize, usize, [usize; 2], usize)] = &[
+    let dense: &[Dense] = &[
         // (batch, cin, hw, cout, [kh, kw], stride)
         (1, 64, 56, 64, [3, 3], 1),
         (1, 128, 28, 128, [3, 3], 1),
