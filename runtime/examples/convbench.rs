@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 use tlc_compiler::ir::Activation;
-use tlc_runtime::kernels::fast::{self, packed::PackedWeights, winograd::WinogradWeights, ConvArgs, DenseWeights, Isa};
+use tlc_runtime::kernels::fast::{self, packed::PackedWeights, winograd::WinogradWeights, winograd1d::{self, Winograd1dWeights}, ConvArgs, DenseWeights, Isa};
 
 fn min_ms(run: &dyn Fn() -> Tensor, reps: usize) -> f64 {
     run();
@@ -86,6 +86,9 @@ fn dense(isa: Isa, reps: usize, only: &str) {
         (1, 160, 17, 160, [1, 7], 1),
         (8, 192, 17, 192, [1, 7], 1),
         (8, 192, 17, 192, [7, 1], 1),
+        (1, 384, 8, 384, [1, 3], 1),
+        (1, 384, 8, 384, [3, 1], 1),
+        (8, 384, 8, 384, [3, 1], 1),
     ];
     for &(n, ci, hw, co, [kh, kw], s) in dense {
         let x = Tensor::randn(0f32, 1.0, (n, ci, hw, hw), &Device::Cpu).unwrap();
@@ -99,6 +102,9 @@ fn dense(isa: Isa, reps: usize, only: &str) {
         }
         let (wv, bv) = (w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
         let mut kernels = vec![("gemm", DenseWeights::Gemm(PackedWeights::new(&wv, co, ci * kh * kw, Some(&bv), isa)))];
+        if winograd1d::fits_either([kh, kw], [s, s], [1, 1], [ph, ph, pw, pw]) {
+            kernels.push(("winograd1d", DenseWeights::Winograd1d(Winograd1dWeights::new(&wv, co, ci, kh.max(kw), Some(&bv), isa))));
+        }
         if [kh, kw] == [3, 3] && s == 1 {
             kernels.push(("winograd", DenseWeights::Winograd(WinogradWeights::new(&wv, co, ci, Some(&bv), isa))));
         }

@@ -5,13 +5,13 @@
 //! The plain [`Model`] is untouched: parameter names and training keep using it.
 
 use crate::exec::{self, NodeParams, ParamSource};
-use crate::kernels::fast::{self, packed::{Affine, PackedWeights}, winograd::{self, LazyWinograd, WinogradWeights}, ConvArgs, DenseWeights, Isa};
+use crate::kernels::fast::{self, packed::{Affine, PackedWeights}, winograd::{self, LazyWinograd, WinogradWeights}, winograd1d::{self, Winograd1dWeights}, ConvArgs, DenseWeights, Isa};
 use crate::kernels::{self as k};
 use crate::model::{run_graph, Model};
 use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
-use tlc_compiler::ir::{Activation, Graph, NodeId, NormAxis, Op};
+use tlc_compiler::ir::{Activation, Graph, NodeId, NormAxis, Op, Padding};
 use tlc_compiler::ops::conv::resolve_padding;
 use tlc_compiler::passes::{self, Optimized};
 
@@ -145,7 +145,7 @@ impl OptimizedModel {
         let mut packed = HashMap::new();
         if device.is_cpu() {
             for (id, n) in plan.graph.nodes() {
-                if let Op::Conv { groups: 1, out: co, bias, kernel, stride, dilation, .. } = &n.op {
+                if let Op::Conv { groups: 1, out: co, bias, kernel, stride, dilation, padding } = &n.op {
                     let (Some(w), b) = (out.get(&format!("{}.weight", n.name)), out.get(&format!("{}.bias", n.name))) else { continue };
                     if w.dtype() != candle_core::DType::F32 {
                         continue;
@@ -161,9 +161,17 @@ impl OptimizedModel {
 
                     // Winograd where it wins at batch 1; both where only larger batches bring
                     // enough tiles.
+                    // (A `Same` padding is zero across a kernel dimension of 1.)
+                    let pad = match padding {
+                        Padding::Fixed(p) => *p,
+                        Padding::Same => [0; 4],
+                    };
                     let weights = match winograd::fits(*kernel, *stride, *dilation) && winograd::suits(isa, c, *co) {
                         true if winograd::pays(1, map.0, map.1) => DenseWeights::Winograd(WinogradWeights::new(&wv, *co, c, bv.as_deref(), isa)),
                         true => DenseWeights::Either(gemm(), LazyWinograd::new(&wv, *co, c, bv.as_deref(), isa)),
+                        false if winograd1d::fits_either(*kernel, *stride, *dilation, pad) && winograd1d::suits(isa, c, *co) => {
+                            DenseWeights::Winograd1d(Winograd1dWeights::new(&wv, *co, c, kernel[0].max(kernel[1]), bv.as_deref(), isa))
+                        }
                         false => DenseWeights::Gemm(gemm()),
                     };
                     packed.insert(id.index(), weights);

@@ -5,6 +5,7 @@
 use super::gemm::{gemm, Mat};
 use super::packed::{self, Affine, ConvInput, PackedWeights};
 use super::winograd::{self, LazyWinograd, WinogradWeights};
+use super::winograd1d::{self, Winograd1dWeights};
 use super::{threads, uninit_vec, with_f32, Geo, Isa};
 use crate::kernels::cpu;
 use crate::kernels::depthwise::{self, Layout, Plane};
@@ -100,6 +101,9 @@ pub enum DenseWeights {
     /// Both, for a small map: Winograd (transformed on first use) once the batch brings
     /// enough tiles ([`winograd::pays`]), else the packed GEMM.
     Either(PackedWeights, LazyWinograd),
+    /// Winograd F(m, r) along the height ([`winograd1d`]): `r x 1` kernels (r = 3, 7) at stride 1
+    /// without horizontal padding, and `1 x r` ones on transposed planes.
+    Winograd1d(Winograd1dWeights),
 }
 
 impl DenseWeights {
@@ -108,6 +112,7 @@ impl DenseWeights {
         match self {
             DenseWeights::Gemm(pw) | DenseWeights::Either(pw, _) => pw.co,
             DenseWeights::Winograd(ww) => ww.co,
+            DenseWeights::Winograd1d(ww) => ww.co,
         }
     }
 
@@ -116,6 +121,7 @@ impl DenseWeights {
         match self {
             DenseWeights::Gemm(pw) | DenseWeights::Either(pw, _) => pw.k,
             DenseWeights::Winograd(ww) => ww.c * 9,
+            DenseWeights::Winograd1d(ww) => ww.c * ww.r(),
         }
     }
 
@@ -124,6 +130,7 @@ impl DenseWeights {
         match self {
             DenseWeights::Gemm(_) | DenseWeights::Either(..) => true,
             DenseWeights::Winograd(_) => winograd::fits(args.kernel, args.stride, args.dilation),
+            DenseWeights::Winograd1d(ww) => winograd1d::fits(args.kernel, args.stride, args.dilation, args.pad) && args.kernel[0] == ww.r(),
         }
     }
 }
@@ -205,6 +212,7 @@ pub fn conv2d_packed(
         match weights {
             DenseWeights::Gemm(pw) => dense(&input, pw, n, &g, res, act),
             DenseWeights::Winograd(ww) => winograd::conv(&input, ww, n, &g, res, act),
+            DenseWeights::Winograd1d(ww) => winograd1d::conv(&input, ww, n, &g, res, act),
             DenseWeights::Either(pw, ww) => match winograd::fits(args.kernel, args.stride, args.dilation) && winograd::pays(n, oh, ow) {
                 true => winograd::conv(&input, ww.get(), n, &g, res, act),
                 false => dense(&input, pw, n, &g, res, act),
@@ -217,7 +225,8 @@ pub fn conv2d_packed(
 /// A `1 x k` stride-1 conv (Inception's 1x7 and 1x3) run as the `k x 1` conv of the
 /// transposed planes: its padding is then rows, which the packed GEMM's padded grid reads in
 /// place, where horizontal padding would widen every grid row (17 -> 23 columns computed per
-/// row at 1x7) or need im2col packing. Both have the same packed weights (`k = (c, tap)`).
+/// row at 1x7) or need im2col packing, and Winograd F(m, r) runs along the height. Both have
+/// the same weights (`k = (c, tap)`).
 /// `Ok(None)` where it does not apply.
 #[allow(clippy::too_many_arguments)]
 fn conv_1xk_as_kx1(
@@ -230,7 +239,7 @@ fn conv_1xk_as_kx1(
     act: Option<Activation>,
 ) -> Result<Option<Tensor>> {
     let [kh, kw] = args.kernel;
-    if kh != 1 || kw == 1 || args.stride != [1, 1] || args.dilation != [1, 1] || residual.is_some() || !matches!(weights, DenseWeights::Gemm(_)) {
+    if kh != 1 || kw == 1 || args.stride != [1, 1] || args.dilation != [1, 1] || residual.is_some() || !matches!(weights, DenseWeights::Gemm(_) | DenseWeights::Winograd1d(_)) {
         return Ok(None);
     }
     let mut transposed = Vec::with_capacity(parts.len());

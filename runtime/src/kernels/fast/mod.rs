@@ -14,6 +14,7 @@
 
 pub mod packed;
 pub mod winograd;
+pub mod winograd1d;
 
 mod attention;
 mod cols;

@@ -300,3 +300,74 @@ fn winograd_matches_portable() {
         assert!(conv2d_packed(&[&a, &b], &ww, &s2, Some(affine), Some(&gate), None, None).unwrap().is_none());
     }
 }
+
+/// Winograd F(m, r) along the height against the portable conv: 7x1 and 3x1 kernels, maps
+/// whose height is not a multiple of `m`, blocks that span images, several k-blocks, every
+/// vertical padding, residual and activations, and 1x7 kernels (transposed planes) with a
+/// fused input (two parts, BatchNorm + ReLU prologue, gate).
+#[test]
+fn winograd1d_matches_portable() {
+    use super::winograd1d::Winograd1dWeights;
+    // (n, c, h, w, co, kernel, pad)
+    type Case = (usize, usize, usize, usize, usize, [usize; 2], [usize; 4]);
+    let cases: &[Case] = &[
+        (2, 20, 17, 17, 32, [7, 1], [3, 3, 0, 0]),
+        (1, 24, 8, 8, 16, [3, 1], [1, 1, 0, 0]),
+        (3, 16, 5, 7, 16, [3, 1], [2, 0, 0, 0]),
+        (1, 300, 10, 13, 48, [7, 1], [2, 4, 0, 0]),
+        (2, 20, 17, 17, 32, [1, 7], [0, 0, 3, 3]),
+        (1, 18, 6, 9, 16, [1, 3], [0, 0, 1, 1]),
+    ];
+    for &(n, c, h, w, co, kernel, pad) in cases {
+        let x = sin_input(&[n, c, h, w]);
+        let wt = cos_input(&[co, c, kernel[0], kernel[1]], 0.3);
+        let bias = cos_input(&[co], 0.1);
+        let args = ConvArgs { kernel, stride: [1, 1], pad, dilation: [1, 1] };
+        let plain = crate::kernels::conv2d(&x, &wt, Some(&bias), args.stride, pad, args.dilation, 1).unwrap();
+        let res = cos_input(plain.dims(), 0.7);
+        let wv: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
+        let bv: Vec<f32> = bias.to_vec1().unwrap();
+        let tol = 1e-4 * (c as f32).sqrt();
+        // Levels with 16-wide B panels (the AVX2 and AVX-512 kernels).
+        for isa in Isa::all_available().into_iter().filter(|&i| i >= Isa::Avx2) {
+            let ww = DenseWeights::Winograd1d(Winograd1dWeights::new(&wv, co, c, kernel[0].max(kernel[1]), Some(&bv), isa));
+            for (act, residual) in [(None, false), (Some(Activation::Relu), true), (Some(Activation::Silu), false)] {
+                let want = if residual { (&plain + &res).unwrap() } else { plain.clone() };
+                let want = match act {
+                    None => want,
+                    Some(Activation::Relu) => want.relu().unwrap(),
+                    _ => want.silu().unwrap(),
+                };
+                // A residual keeps 1 x r kernels off the transposed path: no fast path there.
+                let Some(got) = conv2d_packed(&[&x], &ww, &args, None, None, residual.then_some(&res), act).unwrap() else {
+                    assert!(residual && kernel[0] == 1, "winograd1d applies: {kernel:?} {residual}");
+                    continue;
+                };
+                let d = max_diff(&got, &want);
+                assert!(d < tol, "{isa:?} n{n} c{c} {h}x{w} co{co} {kernel:?} {pad:?} {act:?} {residual}: {d}");
+            }
+        }
+    }
+    let (n, h, w) = (2, 17, 12);
+    let a = sin_input(&[n, 12, h, w]);
+    let b = cos_input(&[n, 8, h, w], 1.5);
+    let scale: Vec<f32> = (0..20).map(|i| 0.5 + 0.1 * i as f32).collect();
+    let shift: Vec<f32> = (0..20).map(|i| 0.05 * i as f32 - 0.4).collect();
+    let gate = cos_input(&[n, 20, 1, 1], 1.0);
+    let wt = cos_input(&[16, 20, 1, 7], 0.3);
+    let st = Tensor::new(scale.as_slice(), &Device::Cpu).unwrap().reshape((1, 20, 1, 1)).unwrap();
+    let tt = Tensor::new(shift.as_slice(), &Device::Cpu).unwrap().reshape((1, 20, 1, 1)).unwrap();
+    let cat = Tensor::cat(&[&a, &b], 1).unwrap();
+    let pre = cat.broadcast_mul(&st).unwrap().broadcast_add(&tt).unwrap().relu().unwrap().broadcast_mul(&gate).unwrap();
+    let args = ConvArgs { kernel: [1, 7], stride: [1, 1], pad: [0, 0, 3, 3], dilation: [1, 1] };
+    let want = crate::kernels::conv2d(&pre, &wt, None, args.stride, args.pad, args.dilation, 1).unwrap();
+    let wv: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
+    for isa in Isa::all_available().into_iter().filter(|&i| i >= Isa::Avx2) {
+        let ww = DenseWeights::Winograd1d(Winograd1dWeights::new(&wv, 16, 20, 7, None, isa));
+        let affine = Affine { scale: &scale, shift: &shift, act: Some(Activation::Relu) };
+        let got = conv2d_packed(&[&a, &b], &ww, &args, Some(affine), Some(&gate), None, None).unwrap().unwrap();
+        assert!(max_diff(&got, &want) < 1e-3, "{isa:?}: {}", max_diff(&got, &want));
+        let padded = ConvArgs { pad: [1, 0, 3, 3], ..args };
+        assert!(conv2d_packed(&[&a, &b], &ww, &padded, Some(affine), Some(&gate), None, None).unwrap().is_none());
+    }
+}
