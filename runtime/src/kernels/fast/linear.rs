@@ -2,7 +2,8 @@
 //! packed once as the B operand (panels of NR output features, [`PackedWeights::new_linear`]),
 //! rows of `x` are packed per call into MR-row panels (the A operand), and each C micro-tile is
 //! a block of the row-major output, so no transpose is needed. Tasks are (row block, output
-//! chunk) pairs; each tile accumulates all of k in a buffer, then takes bias and activation.
+//! chunk) pairs, row blocks as tall as their packed rows stay in L2 (each block streams the
+//! weights once); each tile accumulates all of k in a buffer, then takes bias and activation.
 
 use super::micro::{micro, Packed};
 use super::packed::PackedWeights;
@@ -13,8 +14,12 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use tlc_compiler::ir::Activation;
 
-/// Rows of `x` per task.
-const RB: usize = 64;
+/// Floats of packed `x` rows a task aims to keep (in L2): every row block streams all the
+/// weights from memory once more, so blocks are as tall as this allows (ViT-B's 197 tokens
+/// at 768 features: one block), but no shorter than [`RB_MIN`] rows.
+const A_BUDGET: usize = 192 * 1024;
+/// Fewest rows per block.
+const RB_MIN: usize = 64;
 
 thread_local! {
     static APACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -27,7 +32,8 @@ pub fn linear(x: &[f32], rows: usize, pw: &PackedWeights, act: Option<Activation
     assert!(x.len() >= rows * inf, "linear: input too short");
     let (mr, nr) = pw.micro.shape();
     let npanels = outf.div_ceil(nr);
-    let rblocks = rows.div_ceil(RB);
+    let rb_rows = (A_BUDGET / inf.max(1)).max(RB_MIN).min(rows.max(1)).next_multiple_of(mr);
+    let rblocks = rows.div_ceil(rb_rows);
     let nsplit = (4 * threads()).div_ceil(rblocks).clamp(1, npanels);
     let per = npanels.div_ceil(nsplit);
     let nsplit = npanels.div_ceil(per);
@@ -36,7 +42,7 @@ pub fn linear(x: &[f32], rows: usize, pw: &PackedWeights, act: Option<Activation
     let optr = OutPtr(out.as_mut_ptr());
     (0..rblocks * nsplit).into_par_iter().with_max_len(1).for_each(|t| {
         let (rb, chunk) = (t / nsplit, t % nsplit);
-        let (r0, r1) = (rb * RB, ((rb + 1) * RB).min(rows));
+        let (r0, r1) = (rb * rb_rows, ((rb + 1) * rb_rows).min(rows));
         let (p0, p1) = (chunk * per, ((chunk + 1) * per).min(npanels));
         APACK.with(|a| {
             let mut a = a.borrow_mut();
