@@ -260,7 +260,8 @@ pub(super) enum Cols<'a> {
 
 impl<'a> Cols<'a> {
     /// The phase grid for convs where it wastes little (strides and padding only widen its
-    /// rows by a few columns: less than a third more columns), else im2col (1x1 stride-1 convs read their planes directly).
+    /// rows by a few columns: less than a third more columns at stride 1, a quarter at
+    /// larger strides), else im2col (1x1 stride-1 convs read their planes directly).
     /// `narrow`: the kernel computes a micro-panel's last few columns narrowly (see
     /// [`super::micro::narrow`]), so only wider tails cost a whole micro-panel.
     pub(super) fn new(src: &'a Source<'a>, n: usize, g: &Geo, narrow: bool) -> Cols<'a> {
@@ -279,9 +280,11 @@ impl<'a> Cols<'a> {
             r if narrow && r <= NARROW_MAX => cols,
             r => cols - r + 16,
         };
-        // Packing im2col panels costs more than a third more columns computed in place
-        // (measured on 7x7 maps: 3x3 convs compute 64 grid columns for 49 outputs).
-        if pointwise || computed(grid) * 3 >= computed(g.oh * g.ow) * 4 {
+        // At stride 1, packing im2col panels costs more than a third more columns computed in
+        // place (measured on 7x7 maps: 3x3 convs compute 64 grid columns for 49 outputs); at
+        // stride 2 a quarter more already costs more (512->512 at 14x14 -> 7x7, batch 8).
+        let (num, den) = if g.stride == [1, 1] { (3, 4) } else { (4, 5) };
+        if pointwise || computed(grid) * num >= computed(g.oh * g.ow) * den {
             return Cols::Im2col(src);
         }
         let phase = hq * wq;
