@@ -33,6 +33,23 @@ const M_BUDGET: usize = 96 * 1024;
 /// Tasks per thread the plan aims at.
 const TASKS_PER_THREAD: usize = 8;
 
+/// How a Winograd conv (this one or [`super::winograd1d`]) splits `mpanels` output-channel
+/// panels over its `blocks` blocks of tiles: `(panels per chunk, chunks per block)`, so that
+/// the `blocks * chunks` tasks give every thread several.
+pub(super) fn channel_chunks(blocks: usize, mpanels: usize) -> (usize, usize) {
+    let want = TASKS_PER_THREAD * threads();
+    let split = if blocks >= want { 1 } else { want.div_ceil(blocks).min(mpanels).max(1) };
+    let per_chunk = mpanels.div_ceil(split);
+    (per_chunk, mpanels.div_ceil(per_chunk))
+}
+
+/// `(channels per piece, pieces)` for transforming the input of `blocks` blocks once, in
+/// parallel over blocks and pieces of the `c` input channels.
+pub(super) fn input_pieces(c: usize, blocks: usize) -> (usize, usize) {
+    let per = c.div_ceil(TASKS_PER_THREAD * threads() / blocks.max(1) + 1).max(1);
+    (per, c.div_ceil(per))
+}
+
 /// `G` of F(4x4, 3x3): `U = G g Gᵀ`.
 const G: [[f64; 3]; 6] = [
     [1.0 / 4.0, 0.0, 0.0],
@@ -458,16 +475,13 @@ impl<'a> Job<'a> {
         let blocks = total.div_ceil(cb_max).max(1);
         let cb = total.div_ceil(blocks);
         let lay = VLayout { c: ww.c, kc, np: cb.div_ceil(nr), nr };
-        let mpanels = ww.co.div_ceil(mr);
-        let want = TASKS_PER_THREAD * threads();
-        let split = if blocks >= want { 1 } else { want.div_ceil(blocks).min(mpanels).max(1) };
-        let per_chunk = mpanels.div_ceil(split);
+        let (per_chunk, chunks) = channel_chunks(blocks, ww.co.div_ceil(mr));
         let (clamp, act) = split_act(act, residual.is_some());
         #[cfg(target_arch = "x86_64")]
         let fast_input = super::winograd_x86::input_fits(src, g, n, &lay);
         #[cfg(not(target_arch = "x86_64"))]
         let fast_input = false;
-        Job { src, g, ww, tiles, total, cb, blocks, lay, fast_input, per_chunk, chunks: mpanels.div_ceil(per_chunk), residual, act, clamp, out }
+        Job { src, g, ww, tiles, total, cb, blocks, lay, fast_input, per_chunk, chunks, residual, act, clamp, out }
     }
 
     /// Tiles `t0..t1` of block `bi`.
@@ -482,8 +496,7 @@ impl<'a> Job<'a> {
         // Every column of every block's operands is written (zero past the block's tiles).
         let mut v = uninit_vec(self.blocks * bsz);
         let vp = OutPtr(v.as_mut_ptr());
-        let per = self.ww.c.div_ceil(TASKS_PER_THREAD * threads() / self.blocks + 1).max(1);
-        let pieces = self.ww.c.div_ceil(per);
+        let (per, pieces) = input_pieces(self.ww.c, self.blocks);
         (0..self.blocks * pieces).into_par_iter().with_max_len(1).for_each(|t| {
             let (bi, pc) = (t / pieces, t % pieces);
             let (t0, t1) = self.block(bi);

@@ -19,7 +19,8 @@
 use super::cols::{ConvInput, Source};
 use super::micro::Packed;
 use super::packed::{run_kblock, PackedWeights};
-use super::{threads, uninit_vec, Geo, Isa, OutPtr};
+use super::winograd::{channel_chunks, input_pieces};
+use super::{uninit_vec, Geo, Isa, OutPtr};
 use crate::kernels::cpu::{act_slice, dispatch, mad};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -34,8 +35,6 @@ const MAX_M: usize = 4;
 const V_BUDGET: usize = 160 * 1024;
 /// Floats of GEMM output per group of output-channel panels.
 const M_BUDGET: usize = 96 * 1024;
-/// Tasks per thread the plan aims at.
-const TASKS_PER_THREAD: usize = 8;
 
 /// Whether a conv with this kernel, stride, dilation and padding `[t, b, l, r]` runs here
 /// (`r x 1`, r = 3 or 7, stride 1, no dilation, no horizontal padding).
@@ -326,8 +325,7 @@ impl Job<'_> {
         let mut v = uninit_vec(self.blocks * bsz);
         let vp = OutPtr(v.as_mut_ptr());
         let c = self.ww.c;
-        let per = c.div_ceil(TASKS_PER_THREAD * threads() / self.blocks + 1).max(1);
-        let pieces = c.div_ceil(per);
+        let (per, pieces) = input_pieces(c, self.blocks);
         (0..self.blocks * pieces).into_par_iter().with_max_len(1).for_each(|t| {
             let (bi, pc) = (t / pieces, t % pieces);
             let (t0, t1) = self.block(bi);
@@ -411,12 +409,9 @@ pub fn conv(input: &ConvInput, ww: &Winograd1dWeights, n: usize, g: &Geo, residu
     let cb_max = (V_BUDGET / (ww.t.alpha * ww.c.max(1)) / L * L).clamp(L, 64);
     let cb = total.div_ceil(total.div_ceil(cb_max).max(1)).next_multiple_of(L);
     let blocks = total.div_ceil(cb);
-    let mpanels = ww.co.div_ceil(ww.u[0].mr);
-    let want = TASKS_PER_THREAD * threads();
-    let split = if blocks >= want { 1 } else { want.div_ceil(blocks).min(mpanels).max(1) };
-    let per_chunk = mpanels.div_ceil(split);
+    let (per_chunk, chunks) = channel_chunks(blocks, ww.co.div_ceil(ww.u[0].mr));
     let sink = Sink { out: OutPtr(out.as_mut_ptr()), co: ww.co, oh: g.oh, ow: g.ow, bias: &ww.bias, residual, act };
-    let job = Job { src: &src, g, ww, th, total, cb, blocks, per_chunk, chunks: mpanels.div_ceil(per_chunk), sink };
+    let job = Job { src: &src, g, ww, th, total, cb, blocks, per_chunk, chunks, sink };
     let shared = (job.chunks > 1).then(|| job.transform_all());
     (0..job.blocks * job.chunks).into_par_iter().with_max_len(1).for_each(|t| job.run(t, shared.as_deref()));
     out
