@@ -19,12 +19,13 @@ pub(crate) fn supports(g: &Plane) -> bool {
     matches!(g.kw, 3 | 5 | 7) && g.kh == g.kw && g.dil == [1, 1] && matches!(g.stride, [1, 1] | [2, 2]) && g.pad[2] < 16 && g.pad[0] < g.kh
 }
 
-/// `o = b0 + conv(x, wc)` for one plane with geometry `g` ([`supports`] holds).
+/// `o = b0 + conv(x, wc)` for one plane with geometry `g` ([`supports`] holds), clamped to
+/// `clamp` as it is stored (ReLU, ReLU6).
 ///
 /// # Safety
 /// The CPU supports AVX-512F; `x` holds `g.h * g.w` floats, `wc` `g.kh * g.kw`, `o` `g.oh * g.ow`.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(crate) unsafe fn plane(x: &[f32], wc: &[f32], b0: f32, g: &Plane, o: &mut [f32]) {
+pub(crate) unsafe fn plane(x: &[f32], wc: &[f32], b0: f32, clamp: Option<(f32, f32)>, g: &Plane, o: &mut [f32]) {
     debug_assert!(supports(g) && x.len() >= g.h * g.w && wc.len() == g.kh * g.kw && o.len() >= g.oh * g.ow);
     let chunks = g.ow.div_ceil(16);
     let mut oy = 0;
@@ -34,12 +35,12 @@ pub(crate) unsafe fn plane(x: &[f32], wc: &[f32], b0: f32, g: &Plane, o: &mut [f
         while c0 < chunks {
             let n = (chunks - c0).min(2);
             match (g.kw, g.stride[1]) {
-                (3, 1) => group::<3, 1>(x, wc, b0, g, oy, rows, c0, n, o),
-                (5, 1) => group::<5, 1>(x, wc, b0, g, oy, rows, c0, n, o),
-                (7, 1) => group::<7, 1>(x, wc, b0, g, oy, rows, c0, n, o),
-                (3, _) => group::<3, 2>(x, wc, b0, g, oy, rows, c0, n, o),
-                (5, _) => group::<5, 2>(x, wc, b0, g, oy, rows, c0, n, o),
-                _ => group::<7, 2>(x, wc, b0, g, oy, rows, c0, n, o),
+                (3, 1) => group::<3, 1>(x, wc, b0, clamp, g, oy, rows, c0, n, o),
+                (5, 1) => group::<5, 1>(x, wc, b0, clamp, g, oy, rows, c0, n, o),
+                (7, 1) => group::<7, 1>(x, wc, b0, clamp, g, oy, rows, c0, n, o),
+                (3, _) => group::<3, 2>(x, wc, b0, clamp, g, oy, rows, c0, n, o),
+                (5, _) => group::<5, 2>(x, wc, b0, clamp, g, oy, rows, c0, n, o),
+                _ => group::<7, 2>(x, wc, b0, clamp, g, oy, rows, c0, n, o),
             }
             c0 += n;
         }
@@ -51,16 +52,16 @@ pub(crate) unsafe fn plane(x: &[f32], wc: &[f32], b0: f32, g: &Plane, o: &mut [f
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-unsafe fn group<const K: usize, const S: usize>(x: &[f32], wc: &[f32], b0: f32, g: &Plane, oy: usize, rows: usize, c0: usize, n: usize, o: &mut [f32]) {
+unsafe fn group<const K: usize, const S: usize>(x: &[f32], wc: &[f32], b0: f32, clamp: Option<(f32, f32)>, g: &Plane, oy: usize, rows: usize, c0: usize, n: usize, o: &mut [f32]) {
     match (rows, n) {
-        (4, 2) => block::<K, S, 4, 2>(x, wc, b0, g, oy, c0, o),
-        (3, 2) => block::<K, S, 3, 2>(x, wc, b0, g, oy, c0, o),
-        (2, 2) => block::<K, S, 2, 2>(x, wc, b0, g, oy, c0, o),
-        (1, 2) => block::<K, S, 1, 2>(x, wc, b0, g, oy, c0, o),
-        (4, _) => block::<K, S, 4, 1>(x, wc, b0, g, oy, c0, o),
-        (3, _) => block::<K, S, 3, 1>(x, wc, b0, g, oy, c0, o),
-        (2, _) => block::<K, S, 2, 1>(x, wc, b0, g, oy, c0, o),
-        _ => block::<K, S, 1, 1>(x, wc, b0, g, oy, c0, o),
+        (4, 2) => block::<K, S, 4, 2>(x, wc, b0, clamp, g, oy, c0, o),
+        (3, 2) => block::<K, S, 3, 2>(x, wc, b0, clamp, g, oy, c0, o),
+        (2, 2) => block::<K, S, 2, 2>(x, wc, b0, clamp, g, oy, c0, o),
+        (1, 2) => block::<K, S, 1, 2>(x, wc, b0, clamp, g, oy, c0, o),
+        (4, _) => block::<K, S, 4, 1>(x, wc, b0, clamp, g, oy, c0, o),
+        (3, _) => block::<K, S, 3, 1>(x, wc, b0, clamp, g, oy, c0, o),
+        (2, _) => block::<K, S, 2, 1>(x, wc, b0, clamp, g, oy, c0, o),
+        _ => block::<K, S, 1, 1>(x, wc, b0, clamp, g, oy, c0, o),
     }
 }
 
@@ -80,7 +81,7 @@ pub(crate) fn lanes(col: isize, w: usize) -> __mmask16 {
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-unsafe fn block<const K: usize, const S: usize, const R: usize, const G: usize>(x: &[f32], wc: &[f32], b0: f32, g: &Plane, oy: usize, c0: usize, o: &mut [f32]) {
+unsafe fn block<const K: usize, const S: usize, const R: usize, const G: usize>(x: &[f32], wc: &[f32], b0: f32, clamp: Option<(f32, f32)>, g: &Plane, oy: usize, c0: usize, o: &mut [f32]) {
     let (pt, pl) = (g.pad[0] as isize, g.pad[2] as isize);
     let mut acc = [[_mm512_set1_ps(b0); G]; R];
     // Vector (m, q) of a row starts at plane column 16 ((c0 + m) S + q) - pl.
@@ -132,6 +133,10 @@ unsafe fn block<const K: usize, const S: usize, const R: usize, const G: usize>(
             let x0 = (c0 + m) * 16;
             let n = 16.min(g.ow - x0);
             let at = o.as_mut_ptr().add((oy + r) * g.ow + x0);
+            let a = match clamp {
+                Some((lo, hi)) => _mm512_min_ps(_mm512_max_ps(a, _mm512_set1_ps(lo)), _mm512_set1_ps(hi)),
+                None => a,
+            };
             _mm512_mask_storeu_ps(at, ((1u32 << n) - 1) as __mmask16, a);
         }
     }
