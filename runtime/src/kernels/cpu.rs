@@ -240,6 +240,16 @@ fn sum_slice(v: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
+/// The bounds ReLU and ReLU6 clamp to, for kernels that apply them as they store (`None` for
+/// other activations).
+pub(crate) fn clamp_bounds(a: Option<Activation>) -> Option<(f32, f32)> {
+    match a {
+        Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
+        Some(Activation::Relu6) => Some((0.0, 6.0)),
+        _ => None,
+    }
+}
+
 /// Applies `a` to every element of `v` (plain loops: callers run it inside a [`dispatch`]ed
 /// function).
 #[inline(always)]

@@ -166,11 +166,7 @@ pub(crate) fn plane(x: &[f32], wc: &[f32], b0: f32, l: &Layout, act: Option<Acti
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx512 && super::depthwise_x86::supports(g) && Isa::Avx512.available() {
         // ReLU and ReLU6 clamp the stores when no sum is wanted: no second pass.
-        let clamp = match (act, want_sum) {
-            (Some(Activation::Relu), false) => Some((0.0, f32::INFINITY)),
-            (Some(Activation::Relu6), false) => Some((0.0, 6.0)),
-            _ => None,
-        };
+        let clamp = if want_sum { None } else { super::cpu::clamp_bounds(act) };
         // SAFETY: the CPU has AVX-512 (checked just above) and the slice lengths were checked.
         unsafe { super::depthwise_x86::plane(x, wc, b0, clamp, g, o) };
         return if clamp.is_some() { 0.0 } else { act_sum(isa, act, o, want_sum) };

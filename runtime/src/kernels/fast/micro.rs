@@ -76,9 +76,8 @@ pub(super) type Clamp = Option<(f32, f32)>;
 /// Splits a conv's activation into what the kernels' stores clamp (ReLU or ReLU6 without a
 /// residual: no second pass over the output) and what is left for an epilogue.
 pub(super) fn split_act(act: Option<Activation>, residual: bool) -> (Clamp, Option<Activation>) {
-    match (act, residual) {
-        (Some(Activation::Relu), false) => (Some((0.0, f32::INFINITY)), None),
-        (Some(Activation::Relu6), false) => (Some((0.0, 6.0)), None),
+    match (crate::kernels::cpu::clamp_bounds(act), residual) {
+        (Some(c), false) => (Some(c), None),
         _ => (None, act),
     }
 }
