@@ -370,4 +370,8 @@ fn winograd1d_matches_portable() {
         let padded = ConvArgs { pad: [1, 0, 3, 3], ..args };
         assert!(conv2d_packed(&[&a, &b], &ww, &padded, Some(affine), Some(&gate), None, None).unwrap().is_none());
     }
+    // An empty map is declined, not transposed.
+    let empty = Tensor::zeros((1, 20, 5, 0), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let pw = DenseWeights::Gemm(PackedWeights::new(&wv, 16, 140, None, Isa::Portable));
+    assert!(conv2d_packed(&[&empty], &pw, &args, None, None, None, None).unwrap().is_none());
 }
