@@ -353,4 +353,52 @@ mod tests {
             }
         }
     }
+
+    /// The channel-blocked AVX-512 kernel against the naive sums: two images of 32 channels
+    /// (two blocks), bias, activations, plane sums; planes with and without padding, rows and
+    /// columns no output reads, kernels wider than the plane, dilation, unequal strides.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn channel_blocks_match_naive() {
+        use crate::kernels::depthwise_c16;
+        if !Isa::Avx512.available() {
+            eprintln!("no AVX-512 on this CPU: the blocked kernel is never chosen here");
+            return;
+        }
+        let (n, c) = (2, 32);
+        for &(h, w, kh, kw, s, p, d) in &[
+            (7, 7, 3, 3, [1, 1], [1; 4], 1),
+            (7, 7, 5, 5, [1, 1], [2; 4], 1),
+            (7, 7, 7, 7, [1, 1], [3; 4], 1),
+            (14, 14, 3, 3, [2, 2], [0, 1, 0, 1], 1),
+            (14, 14, 5, 5, [2, 2], [2; 4], 1),
+            (9, 5, 3, 3, [2, 2], [0; 4], 1),
+            (10, 9, 3, 3, [2, 2], [0; 4], 1),
+            (3, 3, 7, 7, [1, 1], [3; 4], 1),
+            (8, 8, 3, 3, [1, 1], [2; 4], 2),
+            (6, 13, 2, 4, [1, 3], [1, 0, 2, 1], 1),
+        ] {
+            let oh = (h + p[0] + p[1] - d * (kh - 1) - 1) / s[0] + 1;
+            let ow = (w + p[2] + p[3] - d * (kw - 1) - 1) / s[1] + 1;
+            let g = Plane { h, w, kh, kw, oh, ow, stride: s, pad: p, dil: [d, d] };
+            assert!(depthwise_c16::suits(&g, c, Isa::Avx512), "{h}x{w}: not a blocked case");
+            let x: Vec<f32> = (0..n * c * h * w).map(|i| (0.37 * i as f32 + 0.1).sin()).collect();
+            let wt: Vec<f32> = (0..c * kh * kw).map(|i| (0.53 * i as f32).cos()).collect();
+            let bias: Vec<f32> = (0..c).map(|i| 0.1 * i as f32 - 1.0).collect();
+            for act in [None, Some(Activation::Relu6), Some(Activation::Silu)] {
+                let mut got = vec![f32::NAN; n * c * oh * ow];
+                let mut sums = vec![f32::NAN; n * c];
+                depthwise_c16::depthwise(&x, &wt, Some(&bias), n, c, &g, act, Some(&mut sums), &mut got);
+                for pi in 0..n * c {
+                    let ch = pi % c;
+                    let mut want = naive(&x[pi * h * w..][..h * w], &wt[ch * kh * kw..][..kh * kw], bias[ch], &g);
+                    let want_sum = act_sum(Isa::Portable, act, &mut want, true);
+                    let plane = &got[pi * oh * ow..][..oh * ow];
+                    let worst = plane.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, |m, v| if v.is_nan() { f32::INFINITY } else { m.max(v) });
+                    assert!(worst < 1e-4, "{h}x{w} k{kh}x{kw} s{s:?} p{p:?} d{d} {act:?} plane {pi}: {worst}");
+                    assert!((sums[pi] - want_sum).abs() < 1e-3 * (1.0 + want_sum.abs()), "{h}x{w} {act:?} plane {pi}: sum {} vs {want_sum}", sums[pi]);
+                }
+            }
+        }
+    }
 }

@@ -9,6 +9,8 @@ mod conv;
 pub mod cpu;
 mod depthwise;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod depthwise_c16;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod depthwise_x86;
 mod grad;
 mod norm;

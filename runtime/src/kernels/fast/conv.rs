@@ -386,13 +386,20 @@ fn im2col(x: &[f32], g: &Geo, c0: usize, cg: usize, col: &mut [f32]) {
 /// and activation fused; with `pooled`, each plane's mean (after the activation) is written
 /// to `pooled[plane]` (a squeeze-excitation pool for free).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn depthwise(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, g: &Geo, act: Option<Activation>, pooled: Option<&mut [f32]>, isa: Isa) -> Vec<f32> {
+pub(crate) fn depthwise(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, g: &Geo, act: Option<Activation>, mut pooled: Option<&mut [f32]>, isa: Isa) -> Vec<f32> {
     let (oh, ow) = (g.oh, g.ow);
     let taps = g.kh * g.kw;
     let plane = Plane { h: g.h, w: g.w, kh: g.kh, kw: g.kw, oh, ow, stride: g.stride, pad: g.pad, dil: g.dil };
-    let layout = Layout::new(plane, isa);
-    // Every plane is written whole by `depthwise::plane`.
+    // Every plane is written whole by `depthwise::plane` or the blocked kernel.
     let mut out = uninit_vec(n * g.c * oh * ow);
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::depthwise_c16::suits(&plane, g.c, isa) {
+        let inv = 1.0 / (oh * ow) as f32;
+        crate::kernels::depthwise_c16::depthwise(x, w, bias, n, g.c, &plane, act, pooled.as_deref_mut(), &mut out);
+        pooled.into_iter().flatten().for_each(|m| *m *= inv);
+        return out;
+    }
+    let layout = Layout::new(plane, isa);
     let want = pooled.is_some();
     let sums: Vec<f32> = out
         .par_chunks_mut(oh * ow)
