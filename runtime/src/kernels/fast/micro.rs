@@ -10,6 +10,11 @@ pub(super) trait Rows: Copy {
     /// # Safety
     /// `k` is below the `kc` the kernel was called with, and the row is valid for `NR` reads.
     unsafe fn row(self, k: usize) -> *const f32;
+
+    /// Hints that row `k` of a later micro-panel will be read (rows read in place stream
+    /// from memory on large maps); nothing for packed panels.
+    #[inline(always)]
+    unsafe fn prefetch(self, _k: usize) {}
 }
 
 /// A packed micro-panel: rows `.1` (= NR) floats apart.
@@ -32,7 +37,16 @@ impl Rows for Gather {
     unsafe fn row(self, k: usize) -> *const f32 {
         self.0.add(*self.1.add(k))
     }
+
+    #[inline(always)]
+    unsafe fn prefetch(self, k: usize) {
+        #[cfg(target_arch = "x86_64")]
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(self.row(k).wrapping_add(GATHER_AHEAD) as *const i8);
+    }
 }
+
+/// How far ahead of the row being read (in floats) [`Gather::prefetch`] reaches.
+const GATHER_AHEAD: usize = 64;
 
 /// A micro-kernel: `C[MR, NR] (+)= A[MR, kc] * B[kc, NR]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,6 +280,7 @@ unsafe fn kernel_16x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc
     for kk in 0..kc {
         // The weights stream from memory in a model's late layers: fetch 1 KiB (16 k) ahead.
         _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(16 * 16) as *const i8);
+        b.prefetch(kk);
         let bv = _mm512_loadu_ps(b.row(kk));
         acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*ap), bv, acc[0]);
         acc[1] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(1)), bv, acc[1]);
@@ -307,6 +322,7 @@ unsafe fn kernel_8x32<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc:
     for kk in 0..kc {
         // As in `kernel_16x16`: 1 KiB (32 k) ahead.
         _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(8 * 32) as *const i8);
+        b.prefetch(kk);
         let bp = b.row(kk);
         let b0 = _mm512_loadu_ps(bp);
         let b1 = _mm512_loadu_ps(bp.add(16));
