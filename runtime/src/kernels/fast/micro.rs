@@ -147,18 +147,44 @@ pub(super) unsafe fn narrow<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn narrow_16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp, nrows: usize, ncols: usize) {
+    match ncols {
+        1 => narrow_16_n::<R, 1>(kc, a, b, c, ldc, bias, clamp, nrows),
+        2 => narrow_16_n::<R, 2>(kc, a, b, c, ldc, bias, clamp, nrows),
+        3 => narrow_16_n::<R, 3>(kc, a, b, c, ldc, bias, clamp, nrows),
+        _ => narrow_16_n::<R, NARROW_MAX>(kc, a, b, c, ldc, bias, clamp, nrows),
+    }
+}
+
+/// [`narrow_16`] for `N` columns: four k in flight, each with its own accumulators, so that
+/// even one column keeps four FMA chains busy.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn narrow_16_n<R: Rows, const N: usize>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp, nrows: usize) {
     use std::arch::x86_64::*;
-    let mut acc = [_mm512_setzero_ps(); NARROW_MAX];
-    for kk in 0..kc {
-        let av = _mm512_loadu_ps(a.add(kk * 16));
-        let bp = b.row(kk);
-        for (j, acc) in acc.iter_mut().enumerate().take(ncols) {
-            *acc = _mm512_fmadd_ps(av, _mm512_set1_ps(*bp.add(j)), *acc);
+    let mut acc = [[_mm512_setzero_ps(); N]; 4];
+    let mut kk = 0;
+    while kk + 4 <= kc {
+        for (u, set) in acc.iter_mut().enumerate() {
+            let av = _mm512_loadu_ps(a.add((kk + u) * 16));
+            let bp = b.row(kk + u);
+            for (j, s) in set.iter_mut().enumerate() {
+                *s = _mm512_fmadd_ps(av, _mm512_set1_ps(*bp.add(j)), *s);
+            }
+        }
+        kk += 4;
+    }
+    for k in kk..kc {
+        let av = _mm512_loadu_ps(a.add(k * 16));
+        let bp = b.row(k);
+        for (j, s) in acc[0].iter_mut().enumerate() {
+            *s = _mm512_fmadd_ps(av, _mm512_set1_ps(*bp.add(j)), *s);
         }
     }
     let mut t = [0f32; 16];
-    for (j, acc) in acc.iter().enumerate().take(ncols) {
-        _mm512_storeu_ps(t.as_mut_ptr(), *acc);
+    for j in 0..N {
+        let sum = _mm512_add_ps(_mm512_add_ps(acc[0][j], acc[1][j]), _mm512_add_ps(acc[2][j], acc[3][j]));
+        _mm512_storeu_ps(t.as_mut_ptr(), sum);
         for (r, &v) in t.iter().enumerate().take(nrows) {
             let p = c.add(r * ldc + j);
             let v = match bias {

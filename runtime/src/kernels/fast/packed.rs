@@ -240,7 +240,10 @@ impl Job<'_> {
             // `Cols::Padded` keeps a tile of slack after every image, so the last micro-panel's
             // full rows stay inside.
             Cols::Padded { data, img, offs, .. } => Some((&data[b * img + n0..], offs)),
-            Cols::Direct { data, img, offs, .. } if n0 + np * nr <= self.plan.p => Some((&data[b * img + n0..], offs)),
+            // A last micro-panel of at most NARROW_MAX columns reads only those (`narrow`).
+            Cols::Direct { data, img, offs, .. } if n0 + np * nr <= self.plan.p || (pw.micro == Micro::Avx512Tall && nb % nr <= NARROW_MAX) => {
+                Some((&data[b * img + n0..], offs))
+            }
             _ => None,
         };
         if let Some((start, offs)) = in_place {

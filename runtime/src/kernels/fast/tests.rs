@@ -37,6 +37,14 @@ fn fast_conv_matches_portable() {
         ([2, 40, 7, 7], [40, 1, 3, 3], [1, 1], [1; 4], [1, 1], 40),
         ([1, 20, 27, 19], [20, 1, 5, 5], [2, 2], [2, 1, 2, 0], [1, 1], 20),
         ([1, 33, 14, 14], [33, 1, 7, 7], [1, 1], [3; 4], [1, 1], 33),
+        // Depthwise in blocks of 16 channels (AVX-512, outputs at most 8 wide).
+        ([2, 32, 7, 7], [32, 1, 3, 3], [1, 1], [1; 4], [1, 1], 32),
+        ([1, 16, 14, 14], [16, 1, 5, 5], [2, 2], [1, 2, 1, 2], [1, 1], 16),
+        // 1x1 convs whose last micro-panel has 1-4 columns, read in place (49 = 3 x 16 + 1,
+        // 196 = 12 x 16 + 4), with several k-blocks of a length not a multiple of 4.
+        ([1, 24, 7, 7], [32, 24, 1, 1], [1, 1], [0; 4], [1, 1], 1),
+        ([2, 20, 14, 14], [16, 20, 1, 1], [1, 1], [0; 4], [1, 1], 1),
+        ([1, 300, 7, 7], [32, 300, 1, 1], [1, 1], [0; 4], [1, 1], 1),
         // Several k-blocks (K = 360): a fused clamp applies on the last one only.
         ([1, 40, 6, 6], [16, 40, 3, 3], [1, 1], [1; 4], [1, 1], 1),
         // Few input channels and 16k outputs (the direct stem kernel with AVX-512): rows of
