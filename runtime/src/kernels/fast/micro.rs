@@ -182,8 +182,9 @@ unsafe fn narrow_16_n<R: Rows, const N: usize>(kc: usize, a: *const f32, b: R, c
         }
     }
     let mut t = [0f32; 16];
-    for j in 0..N {
-        let sum = _mm512_add_ps(_mm512_add_ps(acc[0][j], acc[1][j]), _mm512_add_ps(acc[2][j], acc[3][j]));
+    let [a0, a1, a2, a3] = acc;
+    for (j, (((&s0, &s1), &s2), &s3)) in a0.iter().zip(&a1).zip(&a2).zip(&a3).enumerate() {
+        let sum = _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3));
         _mm512_storeu_ps(t.as_mut_ptr(), sum);
         for (r, &v) in t.iter().enumerate().take(nrows) {
             let p = c.add(r * ldc + j);
