@@ -305,8 +305,9 @@ unsafe fn kernel_16x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc
     let mut acc = [_mm512_setzero_ps(); 16];
     let mut ap = a;
     for kk in 0..kc {
-        // The weights stream from memory in a model's late layers: fetch 1 KiB (16 k) ahead.
-        _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(16 * 16) as *const i8);
+        // The weights stream from memory in a model's late layers: fetch 4 KiB (64 k) ahead
+        // (1 KiB was too short for memory latency: EfficientNet-B0 b1 1x1s 6.1 -> 5.4 ms).
+        _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(16 * 64) as *const i8);
         b.prefetch(kk);
         let bv = _mm512_loadu_ps(b.row(kk));
         acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*ap), bv, acc[0]);
@@ -347,8 +348,8 @@ unsafe fn kernel_8x32<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc:
     let (mut c40, mut c41, mut c50, mut c51, mut c60, mut c61, mut c70, mut c71) = (z, z, z, z, z, z, z, z);
     let mut ap = a;
     for kk in 0..kc {
-        // As in `kernel_16x16`: 1 KiB (32 k) ahead.
-        _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(8 * 32) as *const i8);
+        // As in `kernel_16x16`: 4 KiB (128 k) ahead.
+        _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(8 * 128) as *const i8);
         b.prefetch(kk);
         let bp = b.row(kk);
         let b0 = _mm512_loadu_ps(bp);
