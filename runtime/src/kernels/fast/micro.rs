@@ -348,8 +348,9 @@ unsafe fn kernel_8x32<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc:
     let (mut c40, mut c41, mut c50, mut c51, mut c60, mut c61, mut c70, mut c71) = (z, z, z, z, z, z, z, z);
     let mut ap = a;
     for kk in 0..kc {
-        // As in `kernel_16x16`: 4 KiB (128 k) ahead.
-        _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(8 * 128) as *const i8);
+        // 1 KiB (32 k) ahead: here A is mostly the packed rows of a linear layer, read from
+        // L2 while the weights stream through L1 (4 KiB ahead: ViT-B/16 linears 5 % slower).
+        _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(8 * 32) as *const i8);
         b.prefetch(kk);
         let bp = b.row(kk);
         let b0 = _mm512_loadu_ps(bp);
