@@ -415,7 +415,7 @@ dispatch! {
 fn input(isa: Isa, fast: bool, src: &Source, g: &Geo, ins: &[TileIn], lay: &VLayout, chans: (usize, usize), v: OutPtr) {
     #[cfg(target_arch = "x86_64")]
     if fast && isa >= Isa::Avx512 && Isa::Avx512.available() {
-        // SAFETY: AVX-512F checked just above, `fast` is `input_fits`; the caller owns rows
+        // SAFETY: AVX-512 (F, VL, DQ) checked just above, `fast` is `input_fits`; the caller owns rows
         // `chans` of the block's operands in `v`.
         unsafe { super::winograd_x86::transform_input(src, g, ins, lay, chans, v) };
         return;

@@ -1,5 +1,6 @@
 //! AVX-512 forms of the Winograd transforms ([`super::winograd`]): 16 tiles per vector, the
-//! input patches gathered with per-lane masks (padding reads as zero), the outputs of 16 tiles
+//! input patches loaded row by row with per-lane masks (padding reads as zero) and transposed
+//! in registers, the outputs of 16 tiles
 //! side by side in one tile row interleaved back into whole output rows.
 
 use super::cols::Source;
@@ -44,38 +45,40 @@ pub(super) fn input_fits(src: &Source, g: &Geo, n: usize, lay: &VLayout) -> bool
 }
 
 /// The input transform of [`super::winograd`] for channels `chans` of tiles `ins` into `v`.
+/// Each patch row of each of 16 tiles is one masked 8-float load (padding reads as zero), and
+/// the 16 loads of a row are transposed in registers into 6 vectors of 16 tiles (gathers cost
+/// 4-5 times as much on this path).
 ///
 /// # Safety
-/// The CPU has AVX-512F; [`input_fits`] holds; `v` holds the block's 36 operands laid out by
-/// `lay` and no one else writes rows `chans` of them.
-#[target_feature(enable = "avx512f")]
+/// The CPU has AVX-512F, VL and DQ; [`input_fits`] holds; `v` holds the block's 36 operands
+/// laid out by `lay` and no one else writes rows `chans` of them.
+#[target_feature(enable = "avx512f,avx512vl,avx512dq")]
 pub(super) unsafe fn transform_input(src: &Source, g: &Geo, ins: &[TileIn], lay: &VLayout, chans: (usize, usize), v: OutPtr) {
     let (vsz, cols, w) = (lay.size(), lay.cols(), g.w as isize);
     let mut col0 = 0;
     while col0 < cols {
-        // Per lane: image, first input offset in its plane, and which patch rows and columns
-        // lie inside the map (bit l of each mask); lanes past the tiles stay all-zero.
-        let (mut img, mut pos, mut rows, mut colm) = ([0i32; 16], [0i32; 16], [0u16; 6], [0u16; 6]);
+        // Per lane: image, first input offset in its plane, and per patch row the columns that
+        // lie inside the map (bit j); lanes past the tiles load nothing.
+        let (mut img, mut pos, mut masks) = ([0usize; 16], [0isize; 16], [[0u8; 6]; 16]);
         for (l, t) in ins.iter().skip(col0).take(16).enumerate() {
-            img[l] = t.b as i32;
-            pos[l] = (t.y * w + t.x) as i32;
-            for k in 0..6 {
-                rows[k] |= u16::from((0..g.h as isize).contains(&(t.y + k as isize))) << l;
-                colm[k] |= u16::from((0..w).contains(&(t.x + k as isize))) << l;
+            img[l] = t.b;
+            pos[l] = t.y * w + t.x;
+            let inside_cols = (0..6).filter(|&j| (0..w).contains(&(t.x + j))).fold(0u8, |m, j| m | 1 << j);
+            for (i, m) in masks[l].iter_mut().enumerate() {
+                if (0..g.h as isize).contains(&(t.y + i as isize)) {
+                    *m = inside_cols;
+                }
             }
         }
-        let (img, pos) = (_mm512_loadu_si512(img.as_ptr().cast()), _mm512_loadu_si512(pos.as_ptr().cast()));
         for ci in chans.0..chans.1 {
-            let base = src.plane(0, ci).as_ptr();
-            let offs = _mm512_add_epi32(_mm512_mullo_epi32(img, _mm512_set1_epi32(src.image_stride(ci) as i32)), pos);
+            let (base, stride) = (src.plane(0, ci).as_ptr(), src.image_stride(ci));
+            // Masked loads touch only the columns inside the map, so these may point before
+            // the plane (padding) without being read there.
+            let starts: [*const f32; 16] = std::array::from_fn(|l| base.wrapping_offset((img[l] * stride) as isize + pos[l]));
             let mut h = [[_mm512_setzero_ps(); 6]; 6];
             for (i, hi) in h.iter_mut().enumerate() {
-                let mut d = [_mm512_setzero_ps(); 6];
-                for (j, dj) in d.iter_mut().enumerate() {
-                    let idx = _mm512_add_epi32(offs, _mm512_set1_epi32(i as i32 * w as i32 + j as i32));
-                    *dj = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), rows[i] & colm[j], idx, base);
-                }
-                *hi = bt(d);
+                let rows: [__m256; 16] = std::array::from_fn(|l| _mm256_maskz_loadu_ps(masks[l][i], starts[l].wrapping_offset(i as isize * w)));
+                *hi = bt(columns(rows));
             }
             let dst = lay.pos(ci, col0);
             for j in 0..6 {
@@ -87,6 +90,44 @@ pub(super) unsafe fn transform_input(src: &Source, g: &Geo, ins: &[TileIn], lay:
         }
         col0 += 16;
     }
+}
+
+/// The first 6 columns of the 16 x 8 matrix whose rows are `r`, as vectors of 16: rows `p`
+/// and `p + 8` share a register, and the 8 x 8 transpose runs in both halves at once.
+#[target_feature(enable = "avx512f,avx512dq")]
+#[inline]
+unsafe fn columns(r: [__m256; 16]) -> [__m512; 6] {
+    let z: [__m512; 8] = std::array::from_fn(|p| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(r[p]), r[p + 8]));
+    let t: [__m512; 8] = std::array::from_fn(|q| {
+        let (a, b) = (z[q / 2 * 2], z[q / 2 * 2 + 1]);
+        if q % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // In each 128-bit lane k of half h: s[q] holds rows 4 * (q / 4) + 8 * h.. of column
+    // (q % 4) + 4 * k.
+    let s = [
+        _mm512_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm512_shuffle_ps::<0xee>(t[0], t[2]),
+        _mm512_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm512_shuffle_ps::<0xee>(t[1], t[3]),
+        _mm512_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm512_shuffle_ps::<0xee>(t[4], t[6]),
+        _mm512_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm512_shuffle_ps::<0xee>(t[5], t[7]),
+    ];
+    let lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+    let hi = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    [
+        _mm512_permutex2var_ps(s[0], lo, s[4]),
+        _mm512_permutex2var_ps(s[1], lo, s[5]),
+        _mm512_permutex2var_ps(s[2], lo, s[6]),
+        _mm512_permutex2var_ps(s[3], lo, s[7]),
+        _mm512_permutex2var_ps(s[0], hi, s[4]),
+        _mm512_permutex2var_ps(s[1], hi, s[5]),
+    ]
 }
 
 /// The output transform of [`super::winograd`] (channels `r0..r1`, `m` as there).
