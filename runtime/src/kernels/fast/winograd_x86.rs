@@ -59,14 +59,14 @@ pub(super) unsafe fn transform_input(src: &Source, g: &Geo, ins: &[TileIn], lay:
     while col0 < cols {
         // Per lane: image, first input offset in its plane, and per patch row the columns that
         // lie inside the map (bit j); lanes past the tiles load nothing.
-        let (mut img, mut pos, mut masks) = ([0usize; 16], [0isize; 16], [[0u8; 6]; 16]);
+        let (mut img, mut pos, mut masks) = ([0usize; 16], [0isize; 16], [[0u8; 16]; 6]);
         for (l, t) in ins.iter().skip(col0).take(16).enumerate() {
             img[l] = t.b;
             pos[l] = t.y * w + t.x;
             let inside_cols = (0..6).filter(|&j| (0..w).contains(&(t.x + j))).fold(0u8, |m, j| m | 1 << j);
-            for (i, m) in masks[l].iter_mut().enumerate() {
+            for (i, m) in masks.iter_mut().enumerate() {
                 if (0..g.h as isize).contains(&(t.y + i as isize)) {
-                    *m = inside_cols;
+                    m[l] = inside_cols;
                 }
             }
         }
@@ -74,12 +74,19 @@ pub(super) unsafe fn transform_input(src: &Source, g: &Geo, ins: &[TileIn], lay:
             let (base, stride) = (src.plane(0, ci).as_ptr(), src.image_stride(ci));
             // Masked loads touch only the columns inside the map, so these may point before
             // the plane (padding) without being read there.
-            let starts: [*const f32; 16] = std::array::from_fn(|l| base.wrapping_offset((img[l] * stride) as isize + pos[l]));
-            let mut h = [[_mm512_setzero_ps(); 6]; 6];
-            for (i, hi) in h.iter_mut().enumerate() {
-                let rows: [__m256; 16] = std::array::from_fn(|l| _mm256_maskz_loadu_ps(masks[l][i], starts[l].wrapping_offset(i as isize * w)));
-                *hi = bt(columns(rows));
+            let mut starts = [base; 16];
+            for (st, (&b, &p)) in starts.iter_mut().zip(img.iter().zip(&pos)) {
+                *st = base.wrapping_offset((b * stride) as isize + p);
             }
+            // Written row by row before it is read (a zero-initialised array here was a 2.3 KiB
+            // memset per channel).
+            let mut h = std::mem::MaybeUninit::<[[__m512; 6]; 6]>::uninit();
+            let hp = h.as_mut_ptr().cast::<[__m512; 6]>();
+            for i in 0..6 {
+                hp.add(i).write(bt(columns(&starts, &masks, i, i as isize * w)));
+            }
+            // SAFETY: all six rows were written just above.
+            let h = h.assume_init();
             let dst = lay.pos(ci, col0);
             for j in 0..6 {
                 let col = bt(h.map(|hi| hi[j]));
@@ -92,21 +99,29 @@ pub(super) unsafe fn transform_input(src: &Source, g: &Geo, ins: &[TileIn], lay:
     }
 }
 
-/// The first 6 columns of the 16 x 8 matrix whose rows are `r`, as vectors of 16: rows `p`
-/// and `p + 8` share a register, and the 8 x 8 transpose runs in both halves at once.
-#[target_feature(enable = "avx512f,avx512dq")]
+/// The first 6 columns of patch row `i` of 16 tiles (row `l` of the 16 x 8 matrix: 8 floats
+/// from `starts[l] + off`, masked by `masks[i][l]`), as vectors of 16: tiles `p` and `p + 8`
+/// share a register, and the 8 x 8 transpose runs in both halves at once.
+#[target_feature(enable = "avx512f,avx512vl,avx512dq")]
 #[inline]
-unsafe fn columns(r: [__m256; 16]) -> [__m512; 6] {
-    let z: [__m512; 8] = std::array::from_fn(|p| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(r[p]), r[p + 8]));
-    let t: [__m512; 8] = std::array::from_fn(|q| {
-        let (a, b) = (z[q / 2 * 2], z[q / 2 * 2 + 1]);
-        if q % 2 == 0 {
-            _mm512_unpacklo_ps(a, b)
-        } else {
-            _mm512_unpackhi_ps(a, b)
-        }
-    });
-    // In each 128-bit lane k of half h: s[q] holds rows 4 * (q / 4) + 8 * h.. of column
+unsafe fn columns(starts: &[*const f32; 16], masks: &[[u8; 16]; 6], i: usize, off: isize) -> [__m512; 6] {
+    let m = &masks[i];
+    let mut z = [_mm512_setzero_ps(); 8];
+    for (p, zp) in z.iter_mut().enumerate() {
+        let (a, b) = (_mm256_maskz_loadu_ps(m[p], starts[p].wrapping_offset(off)), _mm256_maskz_loadu_ps(m[p + 8], starts[p + 8].wrapping_offset(off)));
+        *zp = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(a), b);
+    }
+    let t = [
+        _mm512_unpacklo_ps(z[0], z[1]),
+        _mm512_unpackhi_ps(z[0], z[1]),
+        _mm512_unpacklo_ps(z[2], z[3]),
+        _mm512_unpackhi_ps(z[2], z[3]),
+        _mm512_unpacklo_ps(z[4], z[5]),
+        _mm512_unpackhi_ps(z[4], z[5]),
+        _mm512_unpacklo_ps(z[6], z[7]),
+        _mm512_unpackhi_ps(z[6], z[7]),
+    ];
+    // In each 128-bit lane k of half h: s[q] holds tiles 4 * (q / 4) + 8 * h.. of column
     // (q % 4) + 4 * k.
     let s = [
         _mm512_shuffle_ps::<0x44>(t[0], t[2]),
