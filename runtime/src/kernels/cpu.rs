@@ -141,26 +141,6 @@ dispatch! {
 }
 
 dispatch! {
-    /// Row `r` of `v` (rows `len` floats long, back to back): `act(v * s[r] + t[r]) * m[r]`,
-    /// where an empty `s`/`t`/`m` means 1/0/1 for every row.
-    pub(crate) fn affine_act_rows(v: &mut [f32], len: usize, s: &[f32], t: &[f32], a: Option<Activation>, m: &[f32]) {
-        for (r, row) in v.chunks_exact_mut(len).enumerate() {
-            if !s.is_empty() {
-                let (sr, tr) = (s[r], t[r]);
-                row.iter_mut().for_each(|x| *x = *x * sr + tr);
-            }
-            if let Some(a) = a {
-                act_slice::<FMA>(a, row);
-            }
-            if !m.is_empty() {
-                let mr = m[r];
-                row.iter_mut().for_each(|x| *x *= mr);
-            }
-        }
-    }
-}
-
-dispatch! {
     /// `o = act(x * s + t)`.
     pub(crate) fn affine_act_into(o: &mut [f32], x: &[f32], s: f32, t: f32, a: Option<Activation>) {
         o.iter_mut().zip(x).for_each(|(d, v)| *d = v * s + t);

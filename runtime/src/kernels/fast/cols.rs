@@ -5,7 +5,7 @@
 
 use super::micro::NARROW_MAX;
 use super::{Geo, Isa, NB};
-use crate::kernels::cpu;
+use crate::kernels::cpu::{self, dispatch};
 use rayon::prelude::*;
 use tlc_compiler::ir::Activation;
 
@@ -93,22 +93,6 @@ impl<'a> Source<'a> {
         let m = self.input.gate.map_or(1.0, |gate| gate[b * self.c + ch]);
         cpu::affine_act(self.isa, seg, s, t, act, m);
     }
-
-    /// [`Source::transform`] of `rows` consecutive rows of `len` floats in `block`, row `r`
-    /// holding values of channel `ch0 + r` of image `b`: one call for a whole micro-panel.
-    pub(super) fn transform_rows(&self, b: usize, ch0: usize, len: usize, block: &mut [f32]) {
-        if self.plain {
-            return;
-        }
-        let rows = block.len() / len;
-        let (s, t, act): (&[f32], &[f32], _) = match &self.input.affine {
-            Some(a) => (&a.scale[ch0..ch0 + rows], &a.shift[ch0..ch0 + rows], a.act),
-            None => (&[], &[], None),
-        };
-        let m: &[f32] = self.input.gate.map_or(&[], |gate| &gate[b * self.c + ch0..][..rows]);
-        cpu::affine_act_rows(self.isa, block, len, s, t, act, m);
-    }
-
 }
 
 /// A stretch of a tile's columns that lies in one output row and one micro-panel.
@@ -160,6 +144,10 @@ fn pack_b(src: &Source, b: usize, g: &Geo, k0: usize, kcl: usize, n0: usize, nb:
         tile_runs(g.ow, n0, nb, nr, &mut runs)
     };
     let runs = &runs[..count];
+    if pointwise && !src.plain {
+        pack_pointwise(src.isa, src, b, k0, kcl, n0, nb, nr, dst);
+        return;
+    }
     for kk in 0..kcl {
         let r = k0 + kk;
         let (c, t) = (r / taps, r % taps);
@@ -179,11 +167,34 @@ fn pack_b(src: &Source, b: usize, g: &Geo, k0: usize, kcl: usize, n0: usize, nb:
             }
         }
     }
-    if pointwise {
-        // Row kk of every micro-panel is channel k0 + kk: the prologue once per micro-panel
-        // (the zeros past the tile become `shift`: columns whose outputs are never kept).
-        for block in dst[..np * kcl * nr].chunks_exact_mut(kcl * nr) {
-            src.transform_rows(b, k0, nr, block);
+}
+
+dispatch! {
+    /// [`pack_b`] of a 1x1 conv with a prologue: each row is copied into the micro-panels
+    /// with the affine map, activation and gate applied on the way (ReLU, ReLU6 or none as
+    /// a clamp in the same pass; other activations on the copy), columns past `nb` zero.
+    fn pack_pointwise(src: &Source, b: usize, k0: usize, kcl: usize, n0: usize, nb: usize, nr: usize, dst: &mut [f32]) {
+        let act = src.input.affine.and_then(|a| a.act);
+        let clamp = if act.is_none() { Some((f32::NEG_INFINITY, f32::INFINITY)) } else { cpu::clamp_bounds(act) };
+        for kk in 0..kcl {
+            let c = k0 + kk;
+            let x = &src.plane(b, c)[n0..n0 + nb];
+            let (s, t) = src.input.affine.map_or((1.0, 0.0), |a| (a.scale[c], a.shift[c]));
+            let m = src.input.gate.map_or(1.0, |gate| gate[b * src.c + c]);
+            for (jp, xs) in x.chunks(nr).enumerate() {
+                let d = &mut dst[(jp * kcl + kk) * nr..][..nr];
+                let (d, rest) = d.split_at_mut(xs.len());
+                rest.fill(0.0);
+                match (clamp, act) {
+                    (Some((lo, hi)), _) => d.iter_mut().zip(xs).for_each(|(d, &v)| *d = cpu::mad::<FMA>(v, s, t).max(lo).min(hi) * m),
+                    (None, Some(a)) => {
+                        d.iter_mut().zip(xs).for_each(|(d, &v)| *d = cpu::mad::<FMA>(v, s, t));
+                        cpu::act_slice::<FMA>(a, d);
+                        d.iter_mut().for_each(|v| *v *= m);
+                    }
+                    (None, None) => unreachable!("no activation clamps to the whole line"),
+                }
+            }
         }
     }
 }

@@ -199,9 +199,10 @@ fn channel_gate_matches_broadcast_mul() {
     }
 }
 
-/// A packed conv over two channel parts with a BatchNorm + ReLU prologue and a gate equals
-/// the portable conv of `relu(x * s + t) * gate` on the concatenation (a 3x3 conv, and a 1x7
-/// one, which runs on transposed planes).
+/// A packed conv over two channel parts with a BatchNorm + activation prologue and a gate
+/// equals the portable conv of `act(x * s + t) * gate` on the concatenation (a 3x3 conv, a 1x7
+/// one, which runs on transposed planes, and a 1x1 one, whose prologue is applied as each
+/// row is packed; ReLU clamps in that pass, SiLU does not).
 #[test]
 fn packed_prologue_parts_and_gate() {
     let (n, h, w) = (2, 9, 10);
@@ -213,24 +214,29 @@ fn packed_prologue_parts_and_gate() {
     let cat = Tensor::cat(&[&a, &b], 1).unwrap();
     let st = Tensor::new(&scale, &Device::Cpu).unwrap().reshape((1, 5, 1, 1)).unwrap();
     let tt = Tensor::new(&shift, &Device::Cpu).unwrap().reshape((1, 5, 1, 1)).unwrap();
-    let pre = cat.broadcast_mul(&st).unwrap().broadcast_add(&tt).unwrap().relu().unwrap().broadcast_mul(&gate).unwrap();
     let cases = [
         ConvArgs { kernel: [3, 3], stride: [2, 1], pad: [1, 0, 1, 1], dilation: [1, 1] },
         ConvArgs { kernel: [1, 7], stride: [1, 1], pad: [0, 1, 3, 2], dilation: [1, 1] },
+        ConvArgs { kernel: [1, 1], stride: [1, 1], pad: [0; 4], dilation: [1, 1] },
     ];
-    for args in cases {
-        let [kh, kw] = args.kernel;
-        let wt = cos_input(&[7, 5, kh, kw], 0.3);
-        let bias = cos_input(&[7], 0.1);
-        let want = crate::kernels::conv2d(&pre, &wt, Some(&bias), args.stride, args.pad, args.dilation, 1).unwrap();
-        let wv: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
-        let bv: Vec<f32> = bias.to_vec1().unwrap();
-        for isa in Isa::all_available() {
-            let pw = PackedWeights::new(&wv, 7, 5 * kh * kw, Some(&bv), isa);
-            let affine = Affine { scale: &scale, shift: &shift, act: Some(Activation::Relu) };
-            let got = conv2d_packed(&[&a, &b], &DenseWeights::Gemm(pw), &args, Some(affine), Some(&gate), None, None).unwrap().unwrap();
-            assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-4, "{isa:?} {args:?}: {}", max_diff(&got, &want));
+    for act in [Activation::Relu, Activation::Silu] {
+        let affine_out = cat.broadcast_mul(&st).unwrap().broadcast_add(&tt).unwrap();
+        let activated = if act == Activation::Relu { affine_out.relu() } else { affine_out.silu() }.unwrap();
+        let pre = activated.broadcast_mul(&gate).unwrap();
+        for args in &cases {
+            let [kh, kw] = args.kernel;
+            let wt = cos_input(&[7, 5, kh, kw], 0.3);
+            let bias = cos_input(&[7], 0.1);
+            let want = crate::kernels::conv2d(&pre, &wt, Some(&bias), args.stride, args.pad, args.dilation, 1).unwrap();
+            let wv: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
+            let bv: Vec<f32> = bias.to_vec1().unwrap();
+            for isa in Isa::all_available() {
+                let pw = PackedWeights::new(&wv, 7, 5 * kh * kw, Some(&bv), isa);
+                let affine = Affine { scale: &scale, shift: &shift, act: Some(act) };
+                let got = conv2d_packed(&[&a, &b], &DenseWeights::Gemm(pw), args, Some(affine), Some(&gate), None, None).unwrap().unwrap();
+                assert_eq!(got.dims(), want.dims());
+                assert!(max_diff(&got, &want) < 1e-4, "{isa:?} {act:?} {args:?}: {}", max_diff(&got, &want));
+            }
         }
     }
 }
