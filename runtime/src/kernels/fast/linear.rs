@@ -5,7 +5,7 @@
 //! chunk) pairs, row blocks as tall as their packed rows stay in L2 (each block streams the
 //! weights once); each tile accumulates all of k in a buffer, then takes bias and activation.
 
-use super::micro::{micro, Packed};
+use super::micro::{micro, Finish, Packed};
 use super::packed::PackedWeights;
 use super::{threads, uninit_vec, with_f32, OutPtr};
 use candle_core::{Device, Result, Tensor};
@@ -87,7 +87,7 @@ unsafe fn tile(pw: &PackedWeights, apack: &[f32], panels: usize, pi: usize, np: 
         let kcl = pw.kc.min(pw.k - k0);
         let ap = apack[k0 * panels * mr + pi * kcl * mr..][..kcl * mr].as_ptr();
         let bp = Packed(pw.panel(k0, kcl, np).as_ptr(), nr);
-        micro(pw.micro, kcl, ap, bp, acc.as_mut_ptr(), nr, (k0 == 0).then_some(&zero[..]), None);
+        micro(pw.micro, kcl, ap, bp, acc.as_mut_ptr(), nr, (k0 == 0).then_some(&zero[..]), Finish::NONE);
         k0 += kcl;
     }
     let bias = &pw.bias[np * nr..][..ncols];

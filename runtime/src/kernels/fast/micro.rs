@@ -87,6 +87,19 @@ impl Micro {
 /// `None`.
 pub(super) type Clamp = Option<(f32, f32)>;
 
+/// What the stores of a micro-tile's last k-block apply: `+ res` (a residual laid out like
+/// `c`, rows `ldc` apart), then `clamp`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Finish {
+    pub(super) res: Option<*const f32>,
+    pub(super) clamp: Clamp,
+}
+
+impl Finish {
+    /// Plain stores (every k-block but the last, and GEMMs whose epilogue runs elsewhere).
+    pub(super) const NONE: Finish = Finish { res: None, clamp: None };
+}
+
 /// Splits a conv's activation into what the kernels' stores clamp (ReLU or ReLU6 without a
 /// residual: no second pass over the output) and what is left for an epilogue.
 pub(super) fn split_act(act: Option<Activation>, residual: bool) -> (Clamp, Option<Activation>) {
@@ -98,23 +111,24 @@ pub(super) fn split_act(act: Option<Activation>, residual: bool) -> (Clamp, Opti
 
 /// `C[MR, NR] (= bias | +=) A[MR, kc] * B[kc, NR]` with kernel `m`: `a` k-major `[kc][MR]`,
 /// `b` `[kc][NR]`, `c` rows `ldc` apart; `bias: Some` starts from the bias, `None` adds to `c`;
-/// the stored values clamped to `clamp`.
+/// the stored values finished by `fin` (residual added, then clamped).
 ///
 /// # Safety
 /// `a` and `b` hold `kc * MR` and `kc * NR` floats, `c` has MR rows of NR floats `ldc` apart
 /// (all valid, not aliased), `bias` at least MR values, and the CPU supports the kernel's
-/// level (`PackedWeights::new` chose it from a capped level).
+/// level (`PackedWeights::new` chose it from a capped level); `fin.res` (when given) is valid
+/// for the same rows and columns as `c`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn micro<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp) {
+pub(super) unsafe fn micro<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, fin: Finish) {
     match m {
         #[cfg(target_arch = "x86_64")]
-        Micro::Avx512Tall => kernel_16x16(kc, a, b, c, ldc, bias, clamp),
+        Micro::Avx512Tall => kernel_16x16(kc, a, b, c, ldc, bias, fin),
         #[cfg(target_arch = "x86_64")]
-        Micro::Avx512Wide => kernel_8x32(kc, a, b, c, ldc, bias, clamp),
+        Micro::Avx512Wide => kernel_8x32(kc, a, b, c, ldc, bias, fin),
         #[cfg(target_arch = "x86_64")]
-        Micro::Avx2 => kernel_6x16(kc, a, b, c, ldc, bias, clamp),
-        _ => kernel_4x8(kc, a, b, c, ldc, bias, clamp),
+        Micro::Avx2 => kernel_6x16(kc, a, b, c, ldc, bias, fin),
+        _ => kernel_4x8(kc, a, b, c, ldc, bias, fin),
     }
 }
 
@@ -130,13 +144,13 @@ pub(super) const NARROW_MAX: usize = 4;
 /// As [`micro`], with `c` valid for `nrows` rows of `ncols` floats, `bias` (when given) for MR.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn narrow<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp, nrows: usize, ncols: usize) -> bool {
+pub(super) unsafe fn narrow<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, fin: Finish, nrows: usize, ncols: usize) -> bool {
     if ncols == 0 || ncols > NARROW_MAX {
         return false;
     }
     match m {
         #[cfg(target_arch = "x86_64")]
-        Micro::Avx512Tall => narrow_16(kc, a, b, c, ldc, bias, clamp, nrows, ncols),
+        Micro::Avx512Tall => narrow_16(kc, a, b, c, ldc, bias, fin, nrows, ncols),
         _ => return false,
     }
     true
@@ -146,12 +160,12 @@ pub(super) unsafe fn narrow<R: Rows>(m: Micro, kc: usize, a: *const f32, b: R, c
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn narrow_16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp, nrows: usize, ncols: usize) {
+unsafe fn narrow_16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, fin: Finish, nrows: usize, ncols: usize) {
     match ncols {
-        1 => narrow_16_n::<R, 1>(kc, a, b, c, ldc, bias, clamp, nrows),
-        2 => narrow_16_n::<R, 2>(kc, a, b, c, ldc, bias, clamp, nrows),
-        3 => narrow_16_n::<R, 3>(kc, a, b, c, ldc, bias, clamp, nrows),
-        _ => narrow_16_n::<R, NARROW_MAX>(kc, a, b, c, ldc, bias, clamp, nrows),
+        1 => narrow_16_n::<R, 1>(kc, a, b, c, ldc, bias, fin, nrows),
+        2 => narrow_16_n::<R, 2>(kc, a, b, c, ldc, bias, fin, nrows),
+        3 => narrow_16_n::<R, 3>(kc, a, b, c, ldc, bias, fin, nrows),
+        _ => narrow_16_n::<R, NARROW_MAX>(kc, a, b, c, ldc, bias, fin, nrows),
     }
 }
 
@@ -160,7 +174,7 @@ unsafe fn narrow_16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: u
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn narrow_16_n<R: Rows, const N: usize>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp, nrows: usize) {
+unsafe fn narrow_16_n<R: Rows, const N: usize>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, fin: Finish, nrows: usize) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); N]; 4];
     let mut kk = 0;
@@ -191,8 +205,8 @@ unsafe fn narrow_16_n<R: Rows, const N: usize>(kc: usize, a: *const f32, b: R, c
             let v = match bias {
                 Some(bv) => bv[r] + v,
                 None => *p + v,
-            };
-            *p = clamp.map_or(v, |(lo, hi)| v.max(lo).min(hi));
+            } + fin.res.map_or(0.0, |rp| *rp.add(r * ldc + j));
+            *p = fin.clamp.map_or(v, |(lo, hi)| v.max(lo).min(hi));
         }
     }
 }
@@ -223,7 +237,7 @@ unsafe fn clamp_512(v: std::arch::x86_64::__m512, clamp: Clamp) -> std::arch::x8
 
 /// The portable micro-kernel (plain loops).
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_4x8<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp) {
+unsafe fn kernel_4x8<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, fin: Finish) {
     let mut acc = [[0f32; 8]; 4];
     for kk in 0..kc {
         let (ar, br) = (a.add(kk * 4), b.row(kk));
@@ -241,8 +255,8 @@ unsafe fn kernel_4x8<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: 
                 Some(bv) => bv[r],
                 None => *p.add(j),
             };
-            let v = base + v;
-            *p.add(j) = clamp.map_or(v, |(lo, hi)| v.max(lo).min(hi));
+            let v = base + v + fin.res.map_or(0.0, |rp| *rp.add(r * ldc + j));
+            *p.add(j) = fin.clamp.map_or(v, |(lo, hi)| v.max(lo).min(hi));
         }
     }
 }
@@ -250,7 +264,7 @@ unsafe fn kernel_4x8<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_6x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp) {
+unsafe fn kernel_6x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, fin: Finish) {
     use std::arch::x86_64::*;
     let z = _mm256_setzero_ps();
     let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
@@ -290,8 +304,15 @@ unsafe fn kernel_6x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc:
             }
             None => (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))),
         };
-        _mm256_storeu_ps(p, clamp_256(_mm256_add_ps(base0, lo), clamp));
-        _mm256_storeu_ps(p.add(8), clamp_256(_mm256_add_ps(base1, hi), clamp));
+        let (base0, base1) = match fin.res {
+            Some(rp) => {
+                let q = rp.add(r * ldc);
+                (_mm256_add_ps(base0, _mm256_loadu_ps(q)), _mm256_add_ps(base1, _mm256_loadu_ps(q.add(8))))
+            }
+            None => (base0, base1),
+        };
+        _mm256_storeu_ps(p, clamp_256(_mm256_add_ps(base0, lo), fin.clamp));
+        _mm256_storeu_ps(p.add(8), clamp_256(_mm256_add_ps(base1, hi), fin.clamp));
     }
 }
 
@@ -300,7 +321,7 @@ unsafe fn kernel_6x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc:
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_16x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp) {
+unsafe fn kernel_16x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, fin: Finish) {
     use std::arch::x86_64::*;
     let mut acc = [_mm512_setzero_ps(); 16];
     let mut ap = a;
@@ -334,14 +355,18 @@ unsafe fn kernel_16x16<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc
             Some(bv) => _mm512_set1_ps(bv[r]),
             None => _mm512_loadu_ps(p),
         };
-        _mm512_storeu_ps(p, clamp_512(_mm512_add_ps(base, v), clamp));
+        let base = match fin.res {
+            Some(rp) => _mm512_add_ps(base, _mm512_loadu_ps(rp.add(r * ldc))),
+            None => base,
+        };
+        _mm512_storeu_ps(p, clamp_512(_mm512_add_ps(base, v), fin.clamp));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_8x32<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, clamp: Clamp) {
+unsafe fn kernel_8x32<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc: usize, bias: Option<&[f32]>, fin: Finish) {
     use std::arch::x86_64::*;
     let z = _mm512_setzero_ps();
     let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30, mut c31) = (z, z, z, z, z, z, z, z);
@@ -391,8 +416,15 @@ unsafe fn kernel_8x32<R: Rows>(kc: usize, a: *const f32, b: R, c: *mut f32, ldc:
             }
             None => (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))),
         };
-        _mm512_storeu_ps(p, clamp_512(_mm512_add_ps(base0, lo), clamp));
-        _mm512_storeu_ps(p.add(16), clamp_512(_mm512_add_ps(base1, hi), clamp));
+        let (base0, base1) = match fin.res {
+            Some(rp) => {
+                let q = rp.add(r * ldc);
+                (_mm512_add_ps(base0, _mm512_loadu_ps(q)), _mm512_add_ps(base1, _mm512_loadu_ps(q.add(16))))
+            }
+            None => (base0, base1),
+        };
+        _mm512_storeu_ps(p, clamp_512(_mm512_add_ps(base0, lo), fin.clamp));
+        _mm512_storeu_ps(p.add(16), clamp_512(_mm512_add_ps(base1, hi), fin.clamp));
     }
 }
 

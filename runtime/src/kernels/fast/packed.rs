@@ -21,7 +21,7 @@
 
 use super::cols::{Cols, Source};
 pub use super::cols::{Affine, ConvInput};
-use super::micro::{micro, narrow, split_act, Clamp, Gather, Micro, Packed, Rows, NARROW_MAX};
+use super::micro::{micro, narrow, split_act, Clamp, Finish, Gather, Micro, Packed, Rows, NARROW_MAX};
 use super::{threads, uninit_vec, Geo, Isa, OutPtr, NB};
 use crate::kernels::cpu;
 use rayon::prelude::*;
@@ -178,10 +178,13 @@ struct Job<'a> {
     /// Every tile packed once, when several channel chunks share each tile.
     shared: Option<&'a [f32]>,
     residual: Option<&'a [f32]>,
+    /// The micro-kernels add the residual as they store the last k-block (outputs written in
+    /// place, and no activation other than a clamp after it).
+    fuse_res: bool,
     /// The activation left for the epilogue (`None` when `clamp` does it in the kernels).
     act: Option<Activation>,
-    /// ReLU or ReLU6 without a residual, applied by the micro-kernels as they store the last
-    /// k-block: no second pass over the output.
+    /// ReLU or ReLU6 applied by the micro-kernels as they store the last k-block (after the
+    /// residual when `fuse_res`): no second pass over the output.
     clamp: Clamp,
     out: OutPtr,
 }
@@ -199,16 +202,19 @@ impl Job<'_> {
         let rows = (mhi - mlo) * pw.mr;
         match self.cols {
             Cols::Im2col(_) | Cols::Direct { .. } => {
+                let at = (b * pw.co + mlo * pw.mr) * p + n0;
+                let fin = Finish { res: self.residual.filter(|_| self.fuse_res).map(|res| res[at..].as_ptr()), clamp: self.clamp };
                 // SAFETY: this task owns rows mlo*MR..min(mhi*MR, co), columns n0..n0+nb of
-                // image b (tasks cover disjoint rectangles of `out`); edge tiles go through a
-                // buffer, so nothing outside is written.
-                unsafe { self.kblocks(b, tile, mlo, mhi, self.out.at((b * pw.co + mlo * pw.mr) * p + n0), p, true) };
-                if self.residual.is_some() || self.act.is_some() {
+                // image b (tasks cover disjoint rectangles of `out`, and the residual has the
+                // output's layout); edge tiles go through a buffer, so nothing outside is written.
+                unsafe { self.kblocks(b, tile, mlo, mhi, self.out.at(at), p, true, fin) };
+                let res = self.residual.filter(|_| !self.fuse_res);
+                if res.is_some() || self.act.is_some() {
                     for r in mlo * pw.mr..(mhi * pw.mr).min(pw.co) {
                         let at = (b * pw.co + r) * p + n0;
                         // SAFETY: this task's own row segment, fully written just above.
                         let row = unsafe { std::slice::from_raw_parts_mut(self.out.at(at), nb) };
-                        cpu::add_act_inplace(pw.isa, row, self.residual.map_or(&[], |res| &res[at..at + nb]), self.act);
+                        cpu::add_act_inplace(pw.isa, row, res.map_or(&[], |res| &res[at..at + nb]), self.act);
                     }
                 }
             }
@@ -219,19 +225,19 @@ impl Job<'_> {
                 }
                 // SAFETY: the tile buffer holds `rows` full rows of NB columns, every micro-tile
                 // of the task included.
-                unsafe { self.kblocks(b, tile, mlo, mhi, ct.as_mut_ptr(), NB, false) };
+                unsafe { self.kblocks(b, tile, mlo, mhi, ct.as_mut_ptr(), NB, false, Finish { res: None, clamp: self.clamp }) };
                 self.compact(b, n0, nb, mlo, &ct[..rows * NB], *wq);
             }),
         }
     }
 
     /// Accumulates every k-block of the task into `c` (row `mlo * MR`, column `n0` of the task's
-    /// rectangle; rows `ldc` apart).
+    /// rectangle; rows `ldc` apart), the last one finished by `fin`.
     ///
     /// # Safety
     /// As [`run_kblock`]; with `exact == false`, `c` must hold full micro-tiles.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn kblocks(&self, b: usize, tile: usize, mlo: usize, mhi: usize, c: *mut f32, ldc: usize, exact: bool) {
+    unsafe fn kblocks(&self, b: usize, tile: usize, mlo: usize, mhi: usize, c: *mut f32, ldc: usize, exact: bool, fin: Finish) {
         let pw = self.pw;
         let (n0, nb) = self.plan.cols(tile);
         let nr = pw.nr;
@@ -253,7 +259,7 @@ impl Job<'_> {
             while k0 < pw.k {
                 let kcl = pw.kc.min(pw.k - k0);
                 let ko = offs[k0..k0 + kcl].as_ptr();
-                run_kblock(pw, k0, kcl, |jp| Gather(base.add(jp * nr), ko), c, ldc, nb, mlo, mhi, exact, self.clamp);
+                run_kblock(pw, k0, kcl, |jp| Gather(base.add(jp * nr), ko), c, ldc, nb, mlo, mhi, exact, fin);
                 k0 += kcl;
             }
             return;
@@ -274,7 +280,7 @@ impl Job<'_> {
                         &s[..need]
                     }
                 };
-                run_kblock(pw, k0, kcl, |jp| Packed(bsrc[jp * kcl * nr..][..kcl * nr].as_ptr(), nr), c, ldc, nb, mlo, mhi, exact, self.clamp);
+                run_kblock(pw, k0, kcl, |jp| Packed(bsrc[jp * kcl * nr..][..kcl * nr].as_ptr(), nr), c, ldc, nb, mlo, mhi, exact, fin);
                 k0 += kcl;
             }
         });
@@ -320,8 +326,11 @@ pub fn conv(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, residual: 
     // Every element is written by the task that owns it.
     let mut out = uninit_vec(total);
     let shared = (plan.msplit > 1 && matches!(cols, Cols::Im2col(_))).then(|| pack_all(&cols, g, pw, &plan));
-    let (clamp, act) = split_act(act, residual.is_some());
-    let job = Job { cols: &cols, g, pw, plan: &plan, shared: shared.as_deref(), residual, act, clamp, out: OutPtr(out.as_mut_ptr()) };
+    // The kernels add the residual where they write the output in place and only a clamp
+    // (or nothing) follows it; otherwise the epilogue (or `compact`) adds it.
+    let fuse_res = residual.is_some() && !matches!(cols, Cols::Padded { .. }) && split_act(act, false).1.is_none();
+    let (clamp, act) = split_act(act, residual.is_some() && !fuse_res);
+    let job = Job { cols: &cols, g, pw, plan: &plan, shared: shared.as_deref(), residual, fuse_res, act, clamp, out: OutPtr(out.as_mut_ptr()) };
     (0..plan.tasks()).into_par_iter().with_max_len(1).for_each(|t| job.run(t));
     out
 }
@@ -354,10 +363,11 @@ fn pack_all(cols: &Cols, g: &Geo, pw: &PackedWeights, plan: &Plan) -> Vec<f32> {
 /// # Safety
 /// `c` addresses rows `mlo*MR..min(mhi*MR, co)` (all `mhi*MR` with `exact == false`) and
 /// columns `0..nb` (`0..np*NR` with `exact == false`) of memory this caller alone writes;
-/// `rows(jp)` gives `kcl` valid rows of NR floats; the CPU supports `pw.isa`.
+/// `rows(jp)` gives `kcl` valid rows of NR floats; the CPU supports `pw.isa`; `fin.res` (when
+/// given) is laid out like `c` and valid wherever `c` is written (`exact == true` with it).
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn run_kblock<R: Rows>(pw: &PackedWeights, k0: usize, kcl: usize, rows: impl Fn(usize) -> R, c: *mut f32, ldc: usize, nb: usize, mlo: usize, mhi: usize, exact: bool, clamp: Clamp) {
-    let clamp = if k0 + kcl == pw.k { clamp } else { None };
+pub(super) unsafe fn run_kblock<R: Rows>(pw: &PackedWeights, k0: usize, kcl: usize, rows: impl Fn(usize) -> R, c: *mut f32, ldc: usize, nb: usize, mlo: usize, mhi: usize, exact: bool, fin: Finish) {
+    let fin = if k0 + kcl == pw.k { fin } else { Finish::NONE };
     let (mr, nr) = (pw.mr, pw.nr);
     let np = nb.div_ceil(nr);
     let first = k0 == 0;
@@ -374,22 +384,34 @@ pub(super) unsafe fn run_kblock<R: Rows>(pw: &PackedWeights, k0: usize, kcl: usi
                 let row = mp * mr;
                 let nrows = mr.min(pw.co - row);
                 let bias = first.then(|| &pw.bias[row..row + mr]);
-                let cp = c.add((row - mlo * mr) * ldc + col);
-                if ncols <= NARROW_MAX && ncols < nr && narrow(pw.micro, kcl, ap, bp, cp, ldc, bias, clamp, nrows, ncols) {
+                let off = (row - mlo * mr) * ldc + col;
+                let (cp, tfin) = (c.add(off), Finish { res: fin.res.map(|rp| rp.add(off)), clamp: fin.clamp });
+                if ncols <= NARROW_MAX && ncols < nr && narrow(pw.micro, kcl, ap, bp, cp, ldc, bias, tfin, nrows, ncols) {
                     continue;
                 }
                 if !exact || (nrows == mr && ncols == nr) {
-                    micro(pw.micro, kcl, ap, bp, cp, ldc, bias, clamp);
+                    micro(pw.micro, kcl, ap, bp, cp, ldc, bias, tfin);
                 } else {
-                    // An edge tile: through a full-size buffer.
+                    // An edge tile: through a full-size buffer; the residual (rows `ldc` apart)
+                    // is added, then clamped, on the way out.
                     if !first {
                         for r in 0..nrows {
                             std::ptr::copy_nonoverlapping(cp.add(r * ldc), tmp.as_mut_ptr().add(r * nr), ncols);
                         }
                     }
-                    micro(pw.micro, kcl, ap, bp, tmp.as_mut_ptr(), nr, bias, clamp);
+                    let inner = if tfin.res.is_some() { Finish::NONE } else { tfin };
+                    micro(pw.micro, kcl, ap, bp, tmp.as_mut_ptr(), nr, bias, inner);
                     for r in 0..nrows {
-                        std::ptr::copy_nonoverlapping(tmp.as_ptr().add(r * nr), cp.add(r * ldc), ncols);
+                        let t = &tmp[r * nr..r * nr + ncols];
+                        match tfin.res {
+                            Some(rp) => {
+                                for (j, &v) in t.iter().enumerate() {
+                                    let v = v + *rp.add(r * ldc + j);
+                                    *cp.add(r * ldc + j) = tfin.clamp.map_or(v, |(lo, hi)| v.max(lo).min(hi));
+                                }
+                            }
+                            None => std::ptr::copy_nonoverlapping(t.as_ptr(), cp.add(r * ldc), ncols),
+                        }
                     }
                 }
             }

@@ -241,6 +241,40 @@ fn packed_prologue_parts_and_gate() {
     }
 }
 
+/// The packed GEMM with a residual against the portable conv plus the residual, then the
+/// activation: 1x1 convs written in place (a narrow last column, edge tiles through the
+/// buffer with 16 and 8x32 panels, several k-blocks) and a strided 3x3, at every level.
+#[test]
+fn packed_residual_matches_portable() {
+    // (x shape, output channels, kernel, stride, pad)
+    type Case = ([usize; 4], usize, usize, usize, usize);
+    let cases: &[Case] = &[([2, 24, 7, 7], 32, 1, 1, 0), ([1, 20, 9, 9], 20, 1, 1, 0), ([1, 16, 6, 10], 48, 1, 1, 0), ([1, 300, 7, 7], 32, 1, 1, 0), ([1, 8, 15, 15], 16, 3, 2, 1)];
+    for &(xs, co, k, st, pd) in cases {
+        let x = sin_input(&xs);
+        let wt = cos_input(&[co, xs[1], k, k], 0.3);
+        let bias = cos_input(&[co], 0.1);
+        let plain = crate::kernels::conv2d(&x, &wt, Some(&bias), [st, st], [pd; 4], [1, 1], 1).unwrap();
+        let res = cos_input(plain.dims(), 0.7);
+        let sum = (&plain + &res).unwrap();
+        let wv: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
+        let bv: Vec<f32> = bias.to_vec1().unwrap();
+        let args = ConvArgs { kernel: [k, k], stride: [st, st], pad: [pd; 4], dilation: [1, 1] };
+        for act in [None, Some(Activation::Relu), Some(Activation::Relu6), Some(Activation::Silu)] {
+            let want = match act {
+                None => sum.clone(),
+                Some(Activation::Relu) => sum.relu().unwrap(),
+                Some(Activation::Relu6) => sum.clamp(0f32, 6f32).unwrap(),
+                _ => sum.silu().unwrap(),
+            };
+            for isa in Isa::all_available() {
+                let pw = PackedWeights::new(&wv, co, xs[1] * k * k, Some(&bv), isa);
+                let got = conv2d_packed(&[&x], &DenseWeights::Gemm(pw), &args, None, None, Some(&res), act).unwrap().unwrap();
+                assert!(max_diff(&got, &want) < 1e-4, "{isa:?} {xs:?} co{co} k{k} s{st} {act:?}: {}", max_diff(&got, &want));
+            }
+        }
+    }
+}
+
 /// Winograd F(4x4, 3x3) against the portable conv: maps not a multiple of the tile, every
 /// padding, several k-blocks, output channels that are not a multiple of the panel, blocks
 /// that split tile rows and span images, a prologue, gate, residual and activations.

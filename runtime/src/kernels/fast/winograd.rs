@@ -14,7 +14,7 @@
 //! side (auto-vectorised at the CPU's level).
 
 use super::cols::{ConvInput, Source};
-use super::micro::{split_act, Clamp, Packed};
+use super::micro::{split_act, Clamp, Finish, Packed};
 use super::packed::{run_kblock, PackedWeights};
 use super::{threads, uninit_vec, Geo, Isa, OutPtr};
 use crate::kernels::cpu::{self, dispatch};
@@ -558,7 +558,7 @@ impl<'a> Job<'a> {
                         // SAFETY: the buffer holds (gh - gl) full panels of `ldc >= np * NR`
                         // columns for position xi; `rows` gives kcl rows of NR floats of this
                         // block's packed operand; the weights were packed for a level this CPU has.
-                        unsafe { run_kblock(pw, k0, kcl, rows, m[xi * msz..].as_mut_ptr(), ldc, nb, gl, gh, false, None) };
+                        unsafe { run_kblock(pw, k0, kcl, rows, m[xi * msz..].as_mut_ptr(), ldc, nb, gl, gh, false, Finish::NONE) };
                         k0 += kcl;
                     }
                 }

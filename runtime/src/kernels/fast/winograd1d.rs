@@ -17,7 +17,7 @@
 //! transform adds bias, residual and activation. The transforms run 16 tiles side by side.
 
 use super::cols::{ConvInput, Source};
-use super::micro::Packed;
+use super::micro::{Finish, Packed};
 use super::packed::{run_kblock, PackedWeights};
 use super::winograd::{channel_chunks, input_pieces};
 use super::{uninit_vec, Geo, Isa, OutPtr};
@@ -383,7 +383,7 @@ impl Job<'_> {
                         // SAFETY: the buffer holds (gh - gl) full panels of `ldc = np * 16`
                         // columns for point ξ; `rows` gives kcl rows of 16 floats of this
                         // block's operand; the weights were packed (16x16) for a level this CPU has.
-                        unsafe { run_kblock(pw, k0, kcl, rows, m[xi * msz..].as_mut_ptr(), ldc, t1 - t0, gl, gh, false, None) };
+                        unsafe { run_kblock(pw, k0, kcl, rows, m[xi * msz..].as_mut_ptr(), ldc, t1 - t0, gl, gh, false, Finish::NONE) };
                         k0 += kcl;
                     }
                 }
