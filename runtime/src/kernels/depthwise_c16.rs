@@ -1,4 +1,5 @@
-//! AVX-512 depthwise convolution over blocks of 16 channels, for small output planes (7x7).
+//! AVX-512 depthwise convolution over blocks of 16 channels, for small output planes (7x7, and
+//! 14x14 at stride 1).
 //!
 //! The per-plane kernels ([`super::depthwise`]) put one row's outputs in a vector's lanes, so a
 //! 7-wide row fills 7 of 16 lanes and every plane pays its own set-up. Here the 16 planes of
@@ -21,11 +22,14 @@ const LANES: usize = 16;
 /// Output positions per FMA group.
 const GROUP: usize = 8;
 
-/// Whether the blocked kernel computes `c` channels of planes `g` at level `isa`: output rows
-/// of at most half a vector (measured: 7x7 outputs 1.3-2x faster than the per-plane kernels,
-/// 14x14 ones mixed, 28x28 slower) and whole channel blocks.
+/// Whether the blocked kernel computes `c` channels of planes `g` at level `isa`: whole
+/// channel blocks, and output rows of at most half a vector, or narrower than a vector at
+/// stride 1 (measured against the per-plane kernels: 7x7 outputs 1.3-2x faster, 14x14 ones at
+/// stride 1 5-8 % faster in MobileNetV2 / EfficientNet-B0, 28 -> 14 at stride 2 and 28x28
+/// outputs slower: the whole larger input is transposed).
 pub(crate) fn suits(g: &Plane, c: usize, isa: Isa) -> bool {
-    isa >= Isa::Avx512 && Isa::Avx512.available() && g.ow <= LANES / 2 && c.is_multiple_of(LANES)
+    let narrow = g.ow <= LANES / 2 || (g.ow < LANES && g.stride == [1, 1]);
+    isa >= Isa::Avx512 && Isa::Avx512.available() && narrow && c.is_multiple_of(LANES)
 }
 
 /// The scratch geometry of one plane: every input position an output reads, with padding.
@@ -112,25 +116,40 @@ unsafe fn fill(xb: &[f32], g: &Plane, grid: &Grid, sp: &mut [f32]) {
     let hw = g.h * g.w;
     let zero = _mm512_setzero_ps();
     let (pt, pl) = (g.pad[0], g.pad[2]);
-    if pt > 0 || pl > 0 || grid.hs > g.h || grid.ws > g.w {
-        for v in sp.chunks_exact_mut(LANES) {
-            _mm512_storeu_ps(v.as_mut_ptr(), zero);
+    // Zero only the cells no input lands in: rows above and below the plane, columns left
+    // and right of it.
+    let (rows_in, cols_in) = ((pt + g.h).min(grid.hs), (pl + g.w).min(grid.ws));
+    for y in 0..grid.hs {
+        let row = sp.as_mut_ptr().add(y * grid.ws * LANES);
+        let (x0, x1) = if y < pt || y >= rows_in { (0, 0) } else { (pl, cols_in) };
+        for x in (0..x0).chain(x1.max(x0)..grid.ws) {
+            _mm512_storeu_ps(row.add(x * LANES), zero);
         }
     }
     let mut p = 0;
     while p < hw {
         let n = (hw - p).min(LANES);
         let m: __mmask16 = if n == LANES { 0xffff } else { (1u16 << n) - 1 };
-        let mut r = [zero; LANES];
-        for (ch, v) in r.iter_mut().enumerate() {
-            *v = _mm512_maskz_loadu_ps(m, xb.as_ptr().add(ch * hw + p));
+        // Every register is loaded before it is read (a zero-initialised array here compiled
+        // to a memset).
+        let mut r = std::mem::MaybeUninit::<[__m512; LANES]>::uninit();
+        let rp = r.as_mut_ptr().cast::<__m512>();
+        for ch in 0..LANES {
+            rp.add(ch).write(_mm512_maskz_loadu_ps(m, xb.as_ptr().add(ch * hw + p)));
         }
+        // SAFETY: all 16 registers were written just above.
+        let mut r = r.assume_init();
         transpose(&mut r);
-        for (j, v) in r.iter().enumerate().take(n) {
-            let (iy, ix) = ((p + j) / g.w, (p + j) % g.w);
+        // Position p + j sits at (iy, ix) of the plane, stepped without dividing.
+        let (mut iy, mut ix) = (p / g.w, p % g.w);
+        for v in r.iter().take(n) {
             // Input rows and columns past the grid (read by no output) are dropped.
             if iy + pt < grid.hs && ix + pl < grid.ws {
                 _mm512_storeu_ps(sp.as_mut_ptr().add(((iy + pt) * grid.ws + ix + pl) * LANES), *v);
+            }
+            ix += 1;
+            if ix == g.w {
+                (iy, ix) = (iy + 1, 0);
             }
         }
         p += n;
@@ -210,10 +229,13 @@ unsafe fn scatter_planes(tile: &[f32], ohw: usize, o: &mut [f32], sums: Option<&
     while p < ohw {
         let n = (ohw - p).min(LANES);
         let m: __mmask16 = if n == LANES { 0xffff } else { (1u16 << n) - 1 };
-        let mut r = [_mm512_setzero_ps(); LANES];
-        for (j, v) in r.iter_mut().enumerate() {
-            *v = _mm512_loadu_ps(tile.as_ptr().add((p + j) * LANES));
+        let mut r = std::mem::MaybeUninit::<[__m512; LANES]>::uninit();
+        let rp = r.as_mut_ptr().cast::<__m512>();
+        for j in 0..LANES {
+            rp.add(j).write(_mm512_loadu_ps(tile.as_ptr().add((p + j) * LANES)));
         }
+        // SAFETY: all 16 registers were written just above.
+        let mut r = r.assume_init();
         transpose(&mut r);
         for (ch, v) in r.iter().enumerate() {
             _mm512_mask_storeu_ps(o.as_mut_ptr().add(ch * ohw + p), m, *v);
