@@ -2,9 +2,9 @@
 //! packed once as the B operand (panels of NR output features, [`PackedWeights::new_linear`]),
 //! rows of `x` are packed once per call into MR-row panels (the A operand, shared by every
 //! output chunk), and each C micro-tile is a block of the row-major output, so no transpose is
-//! needed. Tasks are (row block, output
-//! chunk) pairs, row blocks as tall as their packed rows stay in L2 (each block streams the
-//! weights once); each tile accumulates all of k in a buffer, then takes bias and activation.
+//! needed. Tasks are (row block, output chunk) pairs, row blocks as tall as their packed rows
+//! stay in L2 (each block streams the weights once); each tile accumulates all of k in a
+//! buffer, then takes bias and activation.
 
 use super::micro::{micro, Finish, Packed};
 use super::packed::PackedWeights;
