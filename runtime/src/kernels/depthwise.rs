@@ -285,6 +285,13 @@ units_simd!(units_avx512, "avx512f,avx2,fma", 16, __m512, _mm512_set1_ps, _mm512
 mod tests {
     use super::*;
 
+    /// The plane geometry of a test case (PyTorch's output sizes).
+    fn case(h: usize, w: usize, kh: usize, kw: usize, s: [usize; 2], p: [usize; 4], d: usize) -> Plane {
+        let oh = (h + p[0] + p[1] - d * (kh - 1) - 1) / s[0] + 1;
+        let ow = (w + p[2] + p[3] - d * (kw - 1) - 1) / s[1] + 1;
+        Plane { h, w, kh, kw, oh, ow, stride: s, pad: p, dil: [d, d] }
+    }
+
     fn naive(x: &[f32], wc: &[f32], b0: f32, g: &Plane) -> Vec<f32> {
         let mut o = vec![0f32; g.oh * g.ow];
         for oy in 0..g.oh {
@@ -336,9 +343,8 @@ mod tests {
             (9, 81, 3, 3, [1, 1], [0; 4], 1),
             (11, 5, 5, 5, [2, 2], [2; 4], 1),
         ] {
-            let oh = (h + p[0] + p[1] - d * (kh - 1) - 1) / s[0] + 1;
-            let ow = (w + p[2] + p[3] - d * (kw - 1) - 1) / s[1] + 1;
-            let g = Plane { h, w, kh, kw, oh, ow, stride: s, pad: p, dil: [d, d] };
+            let g = case(h, w, kh, kw, s, p, d);
+            let (oh, ow) = (g.oh, g.ow);
             let x: Vec<f32> = (0..h * w).map(|i| (0.37 * i as f32 + 0.1).sin()).collect();
             let wc: Vec<f32> = (0..kh * kw).map(|i| (0.53 * i as f32).cos()).collect();
             let want = naive(&x, &wc, 0.25, &g);
@@ -380,9 +386,8 @@ mod tests {
             (8, 8, 3, 3, [1, 1], [2; 4], 2),
             (6, 13, 2, 4, [1, 3], [1, 0, 2, 1], 1),
         ] {
-            let oh = (h + p[0] + p[1] - d * (kh - 1) - 1) / s[0] + 1;
-            let ow = (w + p[2] + p[3] - d * (kw - 1) - 1) / s[1] + 1;
-            let g = Plane { h, w, kh, kw, oh, ow, stride: s, pad: p, dil: [d, d] };
+            let g = case(h, w, kh, kw, s, p, d);
+            let (oh, ow) = (g.oh, g.ow);
             assert!(depthwise_c16::suits(&g, c, Isa::Avx512), "{h}x{w}: not a blocked case");
             let x: Vec<f32> = (0..n * c * h * w).map(|i| (0.37 * i as f32 + 0.1).sin()).collect();
             let wt: Vec<f32> = (0..c * kh * kw).map(|i| (0.53 * i as f32).cos()).collect();

@@ -130,16 +130,7 @@ unsafe fn fill(xb: &[f32], g: &Plane, grid: &Grid, sp: &mut [f32]) {
     while p < hw {
         let n = (hw - p).min(LANES);
         let m: __mmask16 = if n == LANES { 0xffff } else { (1u16 << n) - 1 };
-        // Every register is loaded before it is read (a zero-initialised array here compiled
-        // to a memset).
-        let mut r = std::mem::MaybeUninit::<[__m512; LANES]>::uninit();
-        let rp = r.as_mut_ptr().cast::<__m512>();
-        for ch in 0..LANES {
-            rp.add(ch).write(_mm512_maskz_loadu_ps(m, xb.as_ptr().add(ch * hw + p)));
-        }
-        // SAFETY: all 16 registers were written just above.
-        let mut r = r.assume_init();
-        transpose(&mut r);
+        let r = load_transposed(xb.as_ptr().add(p), hw, m);
         // Position p + j sits at (iy, ix) of the plane, stepped without dividing.
         let (mut iy, mut ix) = (p / g.w, p % g.w);
         for v in r.iter().take(n) {
@@ -154,6 +145,26 @@ unsafe fn fill(xb: &[f32], g: &Plane, grid: &Grid, sp: &mut [f32]) {
         }
         p += n;
     }
+}
+
+/// The 16 rows `base + i * stride` (the lanes of `m` loaded, the rest zero), transposed.
+///
+/// # Safety
+/// The CPU has AVX-512F; the masked lanes of every row are valid to read.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load_transposed(base: *const f32, stride: usize, m: __mmask16) -> [__m512; LANES] {
+    // Every register is loaded before it is read (a zero-initialised array here compiled to a
+    // memset).
+    let mut r = std::mem::MaybeUninit::<[__m512; LANES]>::uninit();
+    let rp = r.as_mut_ptr().cast::<__m512>();
+    for i in 0..LANES {
+        rp.add(i).write(_mm512_maskz_loadu_ps(m, base.add(i * stride)));
+    }
+    // SAFETY: all 16 registers were written just above.
+    let mut r = r.assume_init();
+    transpose(&mut r);
+    r
 }
 
 /// Transposes the 16x16 matrix whose rows are `r` (four rounds of lane shuffles).
@@ -229,14 +240,8 @@ unsafe fn scatter_planes(tile: &[f32], ohw: usize, o: &mut [f32], sums: Option<&
     while p < ohw {
         let n = (ohw - p).min(LANES);
         let m: __mmask16 = if n == LANES { 0xffff } else { (1u16 << n) - 1 };
-        let mut r = std::mem::MaybeUninit::<[__m512; LANES]>::uninit();
-        let rp = r.as_mut_ptr().cast::<__m512>();
-        for j in 0..LANES {
-            rp.add(j).write(_mm512_loadu_ps(tile.as_ptr().add((p + j) * LANES)));
-        }
-        // SAFETY: all 16 registers were written just above.
-        let mut r = r.assume_init();
-        transpose(&mut r);
+        // Rows past `ohw` lie in the tile's slack: loaded, never stored.
+        let r = load_transposed(tile.as_ptr().add(p * LANES), LANES, 0xffff);
         for (ch, v) in r.iter().enumerate() {
             _mm512_mask_storeu_ps(o.as_mut_ptr().add(ch * ohw + p), m, *v);
         }
