@@ -449,4 +449,24 @@ mod tests {
         assert_eq!(got, want);
         assert!(want.iter().all(|&v| v >= 0.0) && want.iter().any(|&v| v > 0.0));
     }
+
+    /// A pass that fails ends (the workers spinning for it stop) and the pool runs the next: run
+    /// from outside the pool, as a caller does, on rayon's global pool (one worker per core).
+    #[test]
+    fn a_failed_pass_ends_and_the_pool_runs_the_next() {
+        let spec = "name: t\ninput: [3, 8, 8]\ngraph:\n  - conv(16, k=3, p=1)\n  - relu\n  - global_avgpool\n";
+        let loader = MemoryLoader([("t.yaml".to_string(), spec.to_string())].into_iter().collect());
+        let graph = tlc_compiler::compile("t.yaml", &loader, &tlc_compiler::Options::default()).graph.unwrap();
+        let model = Model::with_fixture_weights(graph, &Device::Cpu).unwrap();
+        let opt = model.optimized().unwrap();
+        let good = Tensor::ones((2, 3, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let bad = Tensor::ones((2, 4, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+        for _ in 0..3 {
+            let err = opt.forward(&bad).unwrap_err().to_string();
+            assert!(err.contains("this model takes [N, 3, 8, 8]"), "{err}");
+            assert!(model.forward(&bad).is_err());
+            assert_eq!(opt.forward(&good).unwrap().dims(), [2, 16, 1, 1]);
+            assert_eq!(model.forward(&good).unwrap().dims(), [2, 16, 1, 1]);
+        }
+    }
 }
