@@ -99,12 +99,16 @@ unsafe fn tile(pw: &PackedWeights, apack: &[f32], panels: usize, pi: usize, np: 
         k0 += kcl;
     }
     let bias = &pw.bias[np * nr..][..ncols];
-    for r in 0..nrows {
-        let row = &mut acc[r * nr..r * nr + ncols];
+    let tile = &mut acc[..nrows * nr];
+    for row in tile.chunks_exact_mut(nr) {
         row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-        if let Some(f) = act {
-            cpu::act(pw.isa, f, row);
-        }
+    }
+    // One call for the whole tile (per row, the call and its remainder loop cost more than
+    // GELU's arithmetic); columns past `ncols` are computed and dropped.
+    if let Some(f) = act {
+        cpu::act(pw.isa, f, tile);
+    }
+    for (r, row) in tile.chunks_exact(nr).enumerate() {
         std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * ldc), ncols);
     }
 }
