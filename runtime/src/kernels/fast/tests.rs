@@ -45,6 +45,11 @@ fn fast_conv_matches_portable() {
         ([1, 24, 7, 7], [32, 24, 1, 1], [1, 1], [0; 4], [1, 1], 1),
         ([2, 20, 14, 14], [16, 20, 1, 1], [1, 1], [0; 4], [1, 1], 1),
         ([1, 300, 7, 7], [32, 300, 1, 1], [1, 1], [0; 4], [1, 1], 1),
+        // More output channels than positions: one tile, channel chunks only (a partial last
+        // weight panel, several k-blocks, a batch, a padded-grid 3x3).
+        ([1, 300, 7, 7], [200, 300, 1, 1], [1, 1], [0; 4], [1, 1], 1),
+        ([2, 64, 5, 5], [72, 64, 1, 1], [1, 1], [0; 4], [1, 1], 1),
+        ([2, 24, 3, 3], [80, 24, 3, 3], [1, 1], [1; 4], [1, 1], 1),
         // Several k-blocks (K = 360): a fused clamp applies on the last one only.
         ([1, 40, 6, 6], [16, 40, 3, 3], [1, 1], [1; 4], [1, 1], 1),
         // Few input channels and 16k outputs (the direct stem kernel with AVX-512): rows of
