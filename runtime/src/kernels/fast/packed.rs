@@ -344,22 +344,26 @@ pub fn conv(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, residual: 
 }
 
 /// Packs every tile of every image once (shared by the channel chunks of a tile): tile
-/// stride `k * NB`, k-block `k0` at `k0 * np * NR`, layout `[jp][kk][NR]`.
+/// stride `k * NB`, k-block `k0` at `k0 * np * NR`, layout `[jp][kk][NR]`; in parallel over
+/// (image, tile, k-block) (per tile, one thread packed the single tile of a small map while
+/// the other waited).
 fn pack_all(cols: &Cols, g: &Geo, pw: &PackedWeights, plan: &Plan) -> Vec<f32> {
     let kblocks = pw.k.div_ceil(pw.kc);
     let nr = pw.nr;
     // Each tile's `k * np * NR` packed floats (zeros past its columns included) are written
     // below; the rest of its `k * NB` stride is never read.
     let mut v = uninit_vec(plan.n * plan.tiles * pw.k * NB);
-    v.par_chunks_mut(pw.k * NB).enumerate().for_each(|(bt, chunk)| {
+    let vp = OutPtr(v.as_mut_ptr());
+    (0..plan.n * plan.tiles * kblocks).into_par_iter().with_max_len(1).for_each(|t| {
+        let (bt, kb) = (t / kblocks, t % kblocks);
         let (b, tile) = (bt / plan.tiles, bt % plan.tiles);
         let (n0, nb) = plan.cols(tile);
         let np = nb.div_ceil(nr);
-        for kb in 0..kblocks {
-            let k0 = kb * pw.kc;
-            let kcl = pw.kc.min(pw.k - k0);
-            cols.pack(b, g, k0, kcl, n0, nb, nr, &mut chunk[k0 * np * nr..][..kcl * np * nr]);
-        }
+        let (k0, kcl) = (kb * pw.kc, pw.kc.min(pw.k - kb * pw.kc));
+        // SAFETY: k-block kb of tile bt, `kcl * np * nr` floats inside the tile's stride
+        // (`np * nr <= NB`), written by this task alone.
+        let dst = unsafe { std::slice::from_raw_parts_mut(vp.at(bt * pw.k * NB + k0 * np * nr), kcl * np * nr) };
+        cols.pack(b, g, k0, kcl, n0, nb, nr, dst);
     });
     v
 }
