@@ -269,13 +269,21 @@ pub(super) enum Cols<'a> {
     },
 }
 
+/// Wasted grid columns, times output channels, per output column above which packing im2col
+/// panels (once per call, shared by the channel chunks) costs less than computing the padded
+/// grid: 3x3 convs 384->384 at 8x8 (80 columns for 64 outputs) 1.09 -> 0.91 ms, 512->512 at
+/// 7x7 b8 10.9 -> 10.0; 256->256 at 14x14 breaks even (~36); 128->32 at 7x7 (~10) and
+/// 128->128 at 28x28 (~10) stay faster on the grid.
+const PACK_COST: usize = 48;
+
 impl<'a> Cols<'a> {
     /// The phase grid for convs where it wastes little (strides and padding only widen its
     /// rows by a few columns: less than a third more columns at stride 1, a quarter at
-    /// larger strides), else im2col (1x1 stride-1 convs read their planes directly).
-    /// `narrow`: the kernel computes a micro-panel's last few columns narrowly (see
-    /// [`super::micro::narrow`]), so only wider tails cost a whole micro-panel.
-    pub(super) fn new(src: &'a Source<'a>, n: usize, g: &Geo, narrow: bool) -> Cols<'a> {
+    /// larger strides, and fewer than [`PACK_COST`] per output for `co` output channels),
+    /// else im2col (1x1 stride-1 convs read their planes directly). `narrow`: the kernel
+    /// computes a micro-panel's last few columns narrowly (see [`super::micro::narrow`]), so
+    /// only wider tails cost a whole micro-panel.
+    pub(super) fn new(src: &'a Source<'a>, n: usize, g: &Geo, co: usize, narrow: bool) -> Cols<'a> {
         let [sy, sx] = g.stride;
         let (wp, hp) = (g.w + g.pad[2] + g.pad[3], g.h + g.pad[0] + g.pad[1]);
         let (hq, wq) = (hp.div_ceil(sy), wp.div_ceil(sx));
@@ -295,7 +303,8 @@ impl<'a> Cols<'a> {
         // place (measured on 7x7 maps: 3x3 convs compute 64 grid columns for 49 outputs); at
         // stride 2 a quarter more already costs more (512->512 at 14x14 -> 7x7, batch 8).
         let (num, den) = if g.stride == [1, 1] { (3, 4) } else { (4, 5) };
-        if pointwise || computed(grid) * num >= computed(g.oh * g.ow) * den {
+        let (grid_cols, out_cols) = (computed(grid), computed(g.oh * g.ow));
+        if pointwise || grid_cols * num >= out_cols * den || co * (grid_cols - out_cols) >= PACK_COST * out_cols {
             return Cols::Im2col(src);
         }
         let phase = hq * wq;

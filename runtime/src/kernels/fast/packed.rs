@@ -329,7 +329,7 @@ pub fn conv(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, residual: 
     let src = Source::new(input, n, g, pw.isa);
     let total = n * pw.co * g.oh * g.ow;
     assert!(residual.is_none_or(|r| r.len() == total), "packed conv: residual length");
-    let cols = Cols::new(&src, n, g, pw.micro == Micro::Avx512Tall);
+    let cols = Cols::new(&src, n, g, pw.co, pw.micro == Micro::Avx512Tall);
     let plan = Plan::new(n, cols.positions(g), pw);
     // Every element is written by the task that owns it.
     let mut out = uninit_vec(total);

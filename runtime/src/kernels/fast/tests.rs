@@ -50,6 +50,10 @@ fn fast_conv_matches_portable() {
         ([1, 300, 7, 7], [200, 300, 1, 1], [1, 1], [0; 4], [1, 1], 1),
         ([2, 64, 5, 5], [72, 64, 1, 1], [1, 1], [0; 4], [1, 1], 1),
         ([2, 24, 3, 3], [80, 24, 3, 3], [1, 1], [1; 4], [1, 1], 1),
+        // 3x3 convs on 7x7 and 8x8 maps with enough output channels for im2col panels
+        // (`PACK_COST`) rather than the padded grid.
+        ([2, 16, 7, 7], [160, 16, 3, 3], [1, 1], [1; 4], [1, 1], 1),
+        ([1, 8, 8, 8], [200, 8, 3, 3], [1, 1], [1; 4], [1, 1], 1),
         // Several k-blocks (K = 360): a fused clamp applies on the last one only.
         ([1, 40, 6, 6], [16, 40, 3, 3], [1, 1], [1; 4], [1, 1], 1),
         // Few input channels and 16k outputs (the direct stem kernel with AVX-512): rows of
