@@ -35,6 +35,7 @@ fn run_all() {
     println!("kernel level {isa:?}");
     dense(isa, reps, &only);
     linear(isa, reps, &only);
+    attention(isa, reps, &only);
     activations(isa, reps, &only);
     depthwise(isa, reps, &only);
 }
@@ -158,6 +159,21 @@ fn linear(isa: Isa, reps: usize, only: &str) {
             let t = min_ms(&run, reps);
             println!("{name} {act:?}: {t:7.3} ms  {:6.1} GFLOP/s", 2.0 * (rows * inf * outf) as f64 / t / 1e6);
         }
+    }
+}
+
+/// The self-attention core on a packed q/k/v projection: ViT-B/16's 197 tokens, 12 heads of 64.
+fn attention(isa: Isa, reps: usize, only: &str) {
+    for n in [1, 8] {
+        let name = format!("attention n{n} 197 tokens 12x64");
+        if !name.contains(only) {
+            continue;
+        }
+        let qkv = Tensor::randn(0f32, 1.0, (n, 197, 3 * 768), &Device::Cpu).unwrap();
+        let run = || fast::attention_qkv(&qkv, 12, isa).unwrap().unwrap();
+        let t = min_ms(&run, reps);
+        // q k^T and the probabilities times v: 2 * 197 * 197 * 64 multiply-adds per head each.
+        println!("{name}: {t:7.3} ms  {:6.1} GFLOP/s", (n * 12 * 4 * 197 * 197 * 64) as f64 / t / 1e6);
     }
 }
 
