@@ -1,16 +1,25 @@
 //! Micro-benchmark of the fast conv kernels:
 //! `RAYON_NUM_THREADS=1 cargo run --release -p tlc-runtime --example convbench [avx512|avx2|portable]`
 //! (default: the best level this CPU has). Prints the minimum of 30 runs per case, which a
-//! loaded machine disturbs much less than the mean.
+//! loaded machine disturbs much less than the mean. `CONVBENCH_COLD=1` flushes the caches
+//! before every run (weights from memory, as in a model).
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 use tlc_compiler::ir::Activation;
 use tlc_runtime::kernels::fast::{self, packed::PackedWeights, winograd::WinogradWeights, winograd1d::{self, Winograd1dWeights}, ConvArgs, DenseWeights, Isa};
 
+/// The fastest of `reps` runs; with `CONVBENCH_COLD` set, the caches are flushed before each
+/// (64 MiB written by every thread), so weights come from memory as in a model's pass.
 fn min_ms(run: &dyn Fn() -> Tensor, reps: usize) -> f64 {
+    let cold = std::env::var_os("CONVBENCH_COLD").is_some();
+    let mut junk = if cold { vec![0u8; 64 << 20] } else { Vec::new() };
     run();
     (0..reps)
-        .map(|_| {
+        .map(|r| {
+            if cold {
+                use rayon::prelude::*;
+                junk.par_chunks_mut(1 << 20).for_each(|c| c.fill(r as u8));
+            }
             let t = Instant::now();
             let _y = run();
             t.elapsed().as_secs_f64() * 1e3
@@ -59,6 +68,12 @@ const DENSE: &[Dense] = &[
     (1, 256, 56, 64, [1, 1], 1),
     (1, 1024, 14, 256, [1, 1], 1),
     (1, 16, 112, 96, [1, 1], 1),
+    (1, 24, 56, 144, [1, 1], 1),
+    (8, 24, 56, 144, [1, 1], 1),
+    (1, 32, 28, 192, [1, 1], 1),
+    (1, 96, 14, 576, [1, 1], 1),
+    (1, 160, 7, 960, [1, 1], 1),
+    (8, 160, 7, 960, [1, 1], 1),
     (1, 32, 112, 16, [1, 1], 1),
     (8, 32, 112, 16, [1, 1], 1),
     (8, 16, 112, 96, [1, 1], 1),
