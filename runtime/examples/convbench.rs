@@ -209,6 +209,9 @@ fn activations(isa: Isa, reps: usize, only: &str) {
 
 /// Depthwise convs with SiLU.
 fn depthwise(isa: Isa, reps: usize, only: &str) {
+    // SiLU (EfficientNet's; it costs as much as the conv), or ReLU6 (MobileNetV2's, clamped as
+    // it is stored) with `CONVBENCH_RELU6` set.
+    let act = if std::env::var_os("CONVBENCH_RELU6").is_some() { Activation::Relu6 } else { Activation::Silu };
     // (batch, channels, hw, k, stride)
     for &(n, c, hw, k, s) in &[(1, 96, 112, 3, 2), (1, 144, 56, 3, 1), (1, 240, 28, 5, 1), (1, 672, 14, 5, 1), (1, 1152, 7, 5, 1), (1, 96, 56, 7, 1), (8, 144, 56, 3, 1), (1, 960, 7, 3, 1), (1, 576, 14, 3, 1), (1, 576, 14, 3, 2), (1, 144, 56, 3, 2), (1, 768, 7, 7, 1), (1, 192, 28, 3, 1), (8, 960, 7, 3, 1), (8, 576, 14, 3, 1), (8, 576, 14, 3, 2), (8, 1152, 7, 5, 1), (1, 384, 14, 7, 1), (1, 192, 28, 3, 2), (1, 240, 28, 3, 2)] {
         let name = format!("n{n} depthwise {c:4} {hw:3}x{hw:<3} k{k} s{s}");
@@ -218,7 +221,7 @@ fn depthwise(isa: Isa, reps: usize, only: &str) {
         let x = Tensor::randn(0f32, 1.0, (n, c, hw, hw), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 0.1, (c, 1, k, k), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 0.1, c, &Device::Cpu).unwrap();
-        let run = || fast::conv2d(&x, &w, Some(&b), [s, s], [k / 2; 4], [1, 1], c, Some(Activation::Silu), isa).unwrap().unwrap();
+        let run = || fast::conv2d(&x, &w, Some(&b), [s, s], [k / 2; 4], [1, 1], c, Some(act), isa).unwrap().unwrap();
         let (_, _, oh, ow) = run().dims4().unwrap();
         let t = min_ms(&run, reps);
         let gb = 4.0 * (n * c * (hw * hw + oh * ow)) as f64 / 1e9;
