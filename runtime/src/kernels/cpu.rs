@@ -78,7 +78,8 @@ impl Isa {
 /// Defines `fn name(isa: Isa, args..) -> R` whose body is compiled three times: for AVX-512 and
 /// for AVX2+FMA (taken when `isa` allows it and the CPU has them, so plain loops
 /// auto-vectorise with 512- or 256-bit vectors) and as plain code. The body sees a const
-/// `FMA: bool` (true in the first two) to pass on to [`mad`] users such as [`act_slice`]. The body is an `#[inline(always)]` function, so it is compiled
+/// `FMA: bool` (true in the first two) to pass on to [`mad`] users such as [`act_slice`], and
+/// `W512: bool` (true in the first) for code with AVX-512 intrinsics. The body is an `#[inline(always)]` function, so it is compiled
 /// inside the `target_feature` function whatever its size (a closure passed to a generic
 /// wrapper is not reliably inlined, and then runs without the features).
 macro_rules! dispatch {
@@ -88,18 +89,18 @@ macro_rules! dispatch {
         $vis fn $name(isa: $crate::kernels::cpu::Isa, $($a: $t),*) $(-> $r)? {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
-            fn body<const FMA: bool>($($a: $t),*) $(-> $r)? $body
+            fn body<const FMA: bool, const W512: bool>($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512($($a: $t),*) $(-> $r)? {
-                    body::<true>($($a),*)
+                    body::<true, true>($($a),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($a: $t),*) $(-> $r)? {
-                    body::<true>($($a),*)
+                    body::<true, false>($($a),*)
                 }
                 if isa >= $crate::kernels::cpu::Isa::Avx512 && $crate::kernels::cpu::Isa::Avx512.available() {
                     // SAFETY: the CPU has these AVX-512 subsets, AVX2 and FMA (checked just above).
@@ -111,7 +112,7 @@ macro_rules! dispatch {
                 }
             }
             let _ = isa;
-            body::<false>($($a),*)
+            body::<false, false>($($a),*)
         }
     };
 }
@@ -120,7 +121,7 @@ pub(crate) use dispatch;
 dispatch! {
     /// `v = act(v)`.
     pub(crate) fn act(a: Activation, v: &mut [f32]) {
-        act_slice::<FMA>(a, v)
+        act_slice::<FMA, W512>(a, v)
     }
 }
 
@@ -132,7 +133,7 @@ dispatch! {
             v.iter_mut().for_each(|x| *x = *x * s + t);
         }
         if let Some(a) = a {
-            act_slice::<FMA>(a, v);
+            act_slice::<FMA, W512>(a, v);
         }
         if m != 1.0 {
             v.iter_mut().for_each(|x| *x *= m);
@@ -145,7 +146,7 @@ dispatch! {
     pub(crate) fn affine_act_into(o: &mut [f32], x: &[f32], s: f32, t: f32, a: Option<Activation>) {
         o.iter_mut().zip(x).for_each(|(d, v)| *d = v * s + t);
         if let Some(a) = a {
-            act_slice::<FMA>(a, o);
+            act_slice::<FMA, W512>(a, o);
         }
     }
 }
@@ -155,7 +156,7 @@ dispatch! {
     pub(crate) fn add_act_inplace(o: &mut [f32], r: &[f32], a: Option<Activation>) {
         o.iter_mut().zip(r).for_each(|(d, v)| *d += v);
         if let Some(a) = a {
-            act_slice::<FMA>(a, o);
+            act_slice::<FMA, W512>(a, o);
         }
     }
 }
@@ -165,7 +166,7 @@ dispatch! {
     pub(crate) fn add_act_into(o: &mut [f32], x: &[f32], y: &[f32], a: Option<Activation>) {
         o.iter_mut().zip(x.iter().zip(y)).for_each(|(d, (u, v))| *d = u + v);
         if let Some(a) = a {
-            act_slice::<FMA>(a, o);
+            act_slice::<FMA, W512>(a, o);
         }
     }
 }
@@ -174,7 +175,7 @@ dispatch! {
     /// `act(v)` in place, returning the sum of the result when `want_sum` (else 0).
     pub(crate) fn act_sum(a: Option<Activation>, v: &mut [f32], want_sum: bool) -> f32 {
         if let Some(a) = a {
-            act_slice::<FMA>(a, v);
+            act_slice::<FMA, W512>(a, v);
         }
         if want_sum {
             sum_slice(v)
@@ -231,9 +232,16 @@ pub(crate) fn clamp_bounds(a: Option<Activation>) -> Option<(f32, f32)> {
 }
 
 /// Applies `a` to every element of `v` (plain loops: callers run it inside a [`dispatch`]ed
-/// function).
+/// function and pass its `FMA` and `W512`; SiLU and sigmoid take AVX-512's own instructions
+/// where `W512`, [`super::logistic_x86`]).
 #[inline(always)]
-pub(crate) fn act_slice<const FMA: bool>(a: Activation, v: &mut [f32]) {
+pub(crate) fn act_slice<const FMA: bool, const W512: bool>(a: Activation, v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if W512 && matches!(a, Activation::Silu | Activation::Sigmoid) {
+        // SAFETY: `W512` is true only in the AVX-512 instance of a `dispatch!` body, which runs
+        // after the CPU was found to have AVX-512.
+        return unsafe { super::logistic_x86::apply(v, a == Activation::Silu) };
+    }
     match a {
         Activation::Relu => map_all(v, |x| x.max(0.0)),
         Activation::Relu6 => map_all(v, |x| x.clamp(0.0, 6.0)),
@@ -331,12 +339,12 @@ mod tests {
     fn silu_and_sigmoid_saturate() {
         let mut v = vec![-200.0f32, -90.0, -20.0, 0.0, 20.0, 90.0, 200.0];
         let want: Vec<f32> = v.iter().map(|&x| (x as f64 / (1.0 + (-x as f64).exp())) as f32).collect();
-        act_slice::<false>(Activation::Silu, &mut v);
+        act_slice::<false, false>(Activation::Silu, &mut v);
         for (a, b) in v.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
         }
         let mut s = vec![-200.0f32, 0.0, 200.0];
-        act_slice::<false>(Activation::Sigmoid, &mut s);
+        act_slice::<false, false>(Activation::Sigmoid, &mut s);
         assert!(s[0] < 1e-30 && s[1] == 0.5 && s[2] == 1.0, "{s:?}");
     }
 
@@ -344,7 +352,7 @@ mod tests {
     fn mish_matches_the_portable_kernel() {
         let x = candle_core::Tensor::arange(-120i64, 120, &candle_core::Device::Cpu).unwrap().to_dtype(candle_core::DType::F32).unwrap().affine(0.1, 0.0).unwrap();
         let mut v: Vec<f32> = x.to_vec1().unwrap();
-        act_slice::<false>(Activation::Mish, &mut v);
+        act_slice::<false, false>(Activation::Mish, &mut v);
         let want: Vec<f32> = crate::kernels::mish(&x).unwrap().to_vec1().unwrap();
         let worst = v.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(worst < 1e-5, "{worst}");

@@ -12,6 +12,8 @@ mod depthwise;
 pub(crate) mod depthwise_c16;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod depthwise_x86;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod logistic_x86;
 mod grad;
 mod norm;
 mod pool;

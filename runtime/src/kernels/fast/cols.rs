@@ -189,7 +189,7 @@ dispatch! {
                     (Some((lo, hi)), _) => d.iter_mut().zip(xs).for_each(|(d, &v)| *d = cpu::mad::<FMA>(v, s, t).max(lo).min(hi) * m),
                     (None, Some(a)) => {
                         d.iter_mut().zip(xs).for_each(|(d, &v)| *d = cpu::mad::<FMA>(v, s, t));
-                        cpu::act_slice::<FMA>(a, d);
+                        cpu::act_slice::<FMA, W512>(a, d);
                         d.iter_mut().for_each(|v| *v *= m);
                     }
                     (None, None) => unreachable!("no activation clamps to the whole line"),

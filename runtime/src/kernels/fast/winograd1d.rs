@@ -277,7 +277,7 @@ dispatch! {
                         dst.iter_mut().zip(&res[at..at + s.len]).for_each(|(d, &v)| *d += v);
                     }
                     if let Some(a) = sink.act {
-                        act_slice::<FMA>(a, dst);
+                        act_slice::<FMA, W512>(a, dst);
                     }
                 }
             }
