@@ -13,7 +13,8 @@ Needs torch, torchvision, onnx and onnxruntime in a throwaway venv (never CI), e
 Every model is exported once per batch size with `torch.onnx.export` (opset 17, static
 shapes) into `--cache`. Each measurement runs in its own process (so its peak RSS is its
 own); the three engines alternate within every repetition so that noise on a shared machine
-hits them alike. A repetition is the median of `--iters` timed forwards after 2 warm-ups;
+hits them alike. A repetition is the median of as many timed forwards as fill about
+`--rep-seconds` (at least `--iters`; the same count for every engine) after 2 warm-ups;
 the table shows the median over repetitions. Ratios are tlc / other (below 1: tlc faster).
 """
 import argparse, json, os, resource, statistics, subprocess, sys, time
@@ -114,6 +115,18 @@ def run_worker(engine, a, model, batch, iters, onnx=None, profile_out=None):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def timed_passes(a, model, batch):
+    """Timed forwards per repetition: enough to fill `--rep-seconds` at tlc's speed (one short
+    tlc run first), at least `--iters` (scaled down for larger batches), the same for every
+    engine. A fixed count made MobileNetV2's repetitions 40 ms long: one burst of another
+    tenant's load decided a row."""
+    least = max(3, a.iters // max(1, batch // 2))
+    if a.rep_seconds <= 0:
+        return least
+    probe = run_tlc(a, model, batch, 3)["ms"]
+    return max(least, min(a.max_iters, round(a.rep_seconds * 1000 / max(probe, 1e-3))))
+
+
 def run_tlc(a, model, batch, iters):
     cmd = [a.tlc, "bench", os.path.join(ROOT, "specs", f"{model}.yaml"), "--batch", str(batch), "--threads", str(a.threads), "--iters", str(iters), "--json"]
     r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
@@ -188,7 +201,9 @@ def main():
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=10, help="timed forwards per repetition at batch 1 (scaled down for larger batches)")
+    ap.add_argument("--iters", type=int, default=10, help="fewest timed forwards per repetition at batch 1 (scaled down for larger batches)")
+    ap.add_argument("--rep-seconds", type=float, default=1.0, help="timed forwards per repetition: as many as fill this many seconds (0: exactly --iters)")
+    ap.add_argument("--max-iters", type=int, default=300, help="most timed forwards per repetition")
     ap.add_argument("--cache", default="/tmp/tlc-onnx", help="where the exported .onnx files go")
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch")
@@ -217,7 +232,7 @@ def main():
     print(f"{'model':16s} {'batch':>5s} {'tlc ms':>8s} {'ORT ms':>8s} {'torch ms':>9s} {'tlc/ORT':>8s} {'tlc/torch':>9s}  peak RSS MiB tlc/ORT/torch")
     for name in a.models:
         for b in a.batches:
-            iters = max(3, a.iters // max(1, b // 2))
+            iters = timed_passes(a, name, b)
             onnx = onnx_path(a.cache, name, b)
             res = {"tlc": [], "ort": [], "torch": []}
             loads = []
