@@ -434,12 +434,17 @@ mod tests {
     use super::*;
     use tlc_compiler::span::MemoryLoader;
 
+    /// The model of an inline spec (named `t.yaml`) with formula weights.
+    fn inline_model(spec: &str) -> Model {
+        let loader = MemoryLoader([("t.yaml".to_string(), spec.to_string())].into_iter().collect());
+        let graph = tlc_compiler::compile("t.yaml", &loader, &tlc_compiler::Options::default()).graph.unwrap();
+        Model::with_fixture_weights(graph, &Device::Cpu).unwrap()
+    }
+
     #[test]
     fn channel_affine_runs_natively_and_matches_the_plain_model() {
         let spec = "name: t\ninput: [3, 4, 5]\ngraph:\n  - t: channel_affine(scale=[0.458, 0.448, 0.45], shift=[-0.03, -0.088, -0.188])\n  - relu\n";
-        let loader = MemoryLoader([("t.yaml".to_string(), spec.to_string())].into_iter().collect());
-        let graph = tlc_compiler::compile("t.yaml", &loader, &tlc_compiler::Options::default()).graph.unwrap();
-        let model = Model::with_fixture_weights(graph, &Device::Cpu).unwrap();
+        let model = inline_model(spec);
         let x = Tensor::arange(0u32, 120, &Device::Cpu).unwrap().to_dtype(candle_core::DType::F32).unwrap();
         let x = ((x.reshape((2, 3, 4, 5)).unwrap() - 50.0).unwrap() * 0.1).unwrap();
         let want: Vec<f32> = model.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
@@ -455,9 +460,7 @@ mod tests {
     #[test]
     fn a_failed_pass_ends_and_the_pool_runs_the_next() {
         let spec = "name: t\ninput: [3, 8, 8]\ngraph:\n  - conv(16, k=3, p=1)\n  - relu\n  - global_avgpool\n";
-        let loader = MemoryLoader([("t.yaml".to_string(), spec.to_string())].into_iter().collect());
-        let graph = tlc_compiler::compile("t.yaml", &loader, &tlc_compiler::Options::default()).graph.unwrap();
-        let model = Model::with_fixture_weights(graph, &Device::Cpu).unwrap();
+        let model = inline_model(spec);
         let opt = model.optimized().unwrap();
         let good = Tensor::ones((2, 3, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
         let bad = Tensor::ones((2, 4, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
