@@ -119,6 +119,10 @@ const DENSE: &[Dense] = &[
     (1, 384, 8, 384, [1, 3], 1),
     (1, 384, 8, 384, [3, 1], 1),
     (8, 384, 8, 384, [3, 1], 1),
+    // Squeeze-excitation's two 1x1 convs on a 1x1 map (EfficientNet-B0's stage 5).
+    (1, 672, 1, 28, [1, 1], 1),
+    (1, 28, 1, 672, [1, 1], 1),
+    (8, 672, 1, 28, [1, 1], 1),
 ];
 
 /// Dense convs through the packed GEMM, and 3x3 stride-1 ones through Winograd as well.

@@ -277,12 +277,15 @@ fn transpose_planes(x: &Tensor) -> Result<Option<Tensor>> {
     wrap(out, (n, c, w, h))
 }
 
-/// The packed GEMM, or the direct kernel for few input channels ([`super::stem`]) where it
-/// applies.
+/// The packed GEMM, or where they apply the direct kernel for few input channels
+/// ([`super::stem`]) and the matrix-vector product for 1x1 maps ([`super::matvec`]).
 fn dense(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, res: Option<&[f32]>, act: Option<Activation>) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if super::stem::fits(input, pw, g, res.is_some()) {
         return super::stem::conv(input.parts[0].0, pw, n, g, act);
+    }
+    if super::matvec::fits(g) {
+        return super::matvec::conv(input, pw, n, res, act);
     }
     packed::conv(input, pw, n, g, res, act)
 }

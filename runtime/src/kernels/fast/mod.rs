@@ -22,6 +22,7 @@ mod conv;
 mod elementwise;
 pub(crate) mod gemm;
 mod linear;
+mod matvec;
 mod micro;
 mod pool;
 #[cfg(target_arch = "x86_64")]
