@@ -101,6 +101,24 @@ impl PackedWeights {
         PackedWeights { co, k, isa, micro, mr, nr, kc, mpad, data, bias: b }
     }
 
+    /// These weights with input channel `k` scaled by `gate[k]` (a 1x1 conv's squeeze-excitation
+    /// gate folded in: `w (g * x) = (w g) x`).
+    fn gated(&self, gate: &[f32]) -> PackedWeights {
+        let mut data = Vec::with_capacity(self.data.len());
+        let mut k0 = 0;
+        while k0 < self.k {
+            let kcl = self.kc.min(self.k - k0);
+            let block = &self.data[k0 * self.mpad..(k0 + kcl) * self.mpad];
+            for panel in block.chunks_exact(self.mr * kcl) {
+                for (row, g) in panel.chunks_exact(self.mr).zip(&gate[k0..k0 + kcl]) {
+                    data.extend(row.iter().map(|w| w * g));
+                }
+            }
+            k0 += kcl;
+        }
+        PackedWeights { data, bias: self.bias.clone(), ..*self }
+    }
+
     /// The level these weights were packed for.
     pub fn isa(&self) -> Isa {
         self.isa
@@ -185,6 +203,8 @@ struct Job<'a> {
     plan: &'a Plan,
     /// Every tile packed once, when several channel chunks share each tile.
     shared: Option<&'a [f32]>,
+    /// Per image, the weights with its gate folded in ([`fold_gate`]), read instead of `pw`.
+    gated: Option<&'a [PackedWeights]>,
     residual: Option<&'a [f32]>,
     /// The micro-kernels add the residual as they store the last k-block (outputs written in
     /// place, and no activation other than a clamp after it).
@@ -267,7 +287,7 @@ impl Job<'_> {
             while k0 < pw.k {
                 let kcl = pw.kc.min(pw.k - k0);
                 let ko = offs[k0..k0 + kcl].as_ptr();
-                run_kblock(pw, k0, kcl, |jp| Gather(base.add(jp * nr), ko), c, ldc, nb, mlo, mhi, exact, fin);
+                run_kblock(self.weights(b), k0, kcl, |jp| Gather(base.add(jp * nr), ko), c, ldc, nb, mlo, mhi, exact, fin);
                 k0 += kcl;
             }
             return;
@@ -288,10 +308,15 @@ impl Job<'_> {
                         &s[..need]
                     }
                 };
-                run_kblock(pw, k0, kcl, |jp| Packed(bsrc[jp * kcl * nr..][..kcl * nr].as_ptr(), nr), c, ldc, nb, mlo, mhi, exact, fin);
+                run_kblock(self.weights(b), k0, kcl, |jp| Packed(bsrc[jp * kcl * nr..][..kcl * nr].as_ptr(), nr), c, ldc, nb, mlo, mhi, exact, fin);
                 k0 += kcl;
             }
         });
+    }
+
+    /// The weights image `b` is multiplied by.
+    fn weights(&self, b: usize) -> &PackedWeights {
+        self.gated.map_or(self.pw, |ws| &ws[b])
     }
 
     /// Copies the padded-grid tile `ct` (columns `n0..n0+nb`) to the output positions it
@@ -326,6 +351,15 @@ impl Job<'_> {
 /// `+ residual` (same shape as the output) and the activation.
 pub fn conv(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, residual: Option<&[f32]>, act: Option<Activation>) -> Vec<f32> {
     assert_eq!(pw.k, g.c * g.kh * g.kw, "packed conv: weights do not match the geometry");
+    let gated = fold_gate(input, pw, n, g);
+    let ungated;
+    let input = match gated {
+        Some(_) => {
+            ungated = ConvInput { parts: input.parts.clone(), affine: None, gate: None };
+            &ungated
+        }
+        None => input,
+    };
     let src = Source::new(input, n, g, pw.isa);
     let total = n * pw.co * g.oh * g.ow;
     assert!(residual.is_none_or(|r| r.len() == total), "packed conv: residual length");
@@ -338,9 +372,21 @@ pub fn conv(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo, residual: 
     // (or nothing) follows it; otherwise the epilogue (or `compact`) adds it.
     let fuse_res = residual.is_some() && !matches!(cols, Cols::Padded { .. }) && split_act(act, false).1.is_none();
     let (clamp, act) = split_act(act, residual.is_some() && !fuse_res);
-    let job = Job { cols: &cols, g, pw, plan: &plan, shared: shared.as_deref(), residual, fuse_res, act, clamp, out: OutPtr(out.as_mut_ptr()) };
+    let job = Job { cols: &cols, g, pw, plan: &plan, shared: shared.as_deref(), gated: gated.as_deref(), residual, fuse_res, act, clamp, out: OutPtr(out.as_mut_ptr()) };
     (0..plan.tasks()).into_par_iter().with_max_len(1).for_each(|t| job.run(t));
     out
+}
+
+/// A plain 1x1 conv's gate folded into per-image copies of the weights, where scaling the
+/// weights costs less than packing the gated input (`co <= positions`; the ungated input is
+/// then read in place): EfficientNet's projection convs.
+fn fold_gate(input: &ConvInput, pw: &PackedWeights, n: usize, g: &Geo) -> Option<Vec<PackedWeights>> {
+    let gate = input.gate?;
+    let pointwise = g.kh * g.kw == 1 && g.stride == [1, 1] && g.pad == [0; 4];
+    if !pointwise || input.affine.is_some() || input.parts.len() != 1 || pw.co > g.oh * g.ow {
+        return None;
+    }
+    Some((0..n).into_par_iter().map(|b| pw.gated(&gate[b * pw.k..(b + 1) * pw.k])).collect())
 }
 
 /// Packs every tile of every image once (shared by the channel chunks of a tile): tile

@@ -250,6 +250,32 @@ fn packed_prologue_parts_and_gate() {
     }
 }
 
+/// A gated 1x1 conv (squeeze-excitation's projection) with a residual: folded into per-image
+/// weights where the map has at least as many positions as output channels, packed gated
+/// otherwise; several k-blocks, 8x32 and 16x16 panels, batches.
+#[test]
+fn packed_gate_on_plain_input() {
+    // (n, c, hw, co)
+    for &(n, c, hw, co) in &[(2, 300, 9, 24), (1, 144, 14, 40), (3, 40, 5, 48), (2, 600, 3, 20)] {
+        let x = sin_input(&[n, c, hw, hw]);
+        let gate = cos_input(&[n, c, 1, 1], 1.0);
+        let wt = cos_input(&[co, c, 1, 1], 0.3);
+        let bias = cos_input(&[co], 0.1);
+        let args = ConvArgs { kernel: [1, 1], stride: [1, 1], pad: [0; 4], dilation: [1, 1] };
+        let plain = crate::kernels::conv2d(&x.broadcast_mul(&gate).unwrap(), &wt, Some(&bias), args.stride, args.pad, args.dilation, 1).unwrap();
+        let res = cos_input(plain.dims(), 0.7);
+        let want = (&plain + &res).unwrap();
+        let wv: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
+        let bv: Vec<f32> = bias.to_vec1().unwrap();
+        for isa in Isa::all_available() {
+            let pw = PackedWeights::new(&wv, co, c, Some(&bv), isa);
+            let got = conv2d_packed(&[&x], &DenseWeights::Gemm(pw), &args, None, Some(&gate), Some(&res), None).unwrap().unwrap();
+            let tol = 1e-4 * (c as f32).sqrt();
+            assert!(max_diff(&got, &want) < tol, "{isa:?} n{n} c{c} {hw}x{hw} co{co}: {}", max_diff(&got, &want));
+        }
+    }
+}
+
 /// The packed GEMM with a residual against the portable conv plus the residual, then the
 /// activation: 1x1 convs written in place (a narrow last column, edge tiles through the
 /// buffer with 16 and 8x32 panels, several k-blocks) and a strided 3x3, at every level.
