@@ -35,6 +35,9 @@ pub struct OptimizedModel {
     /// Linear layers over many rows per sample (tokens), by weight name: weights packed once
     /// for [`fast::linear_packed`].
     linears: HashMap<String, PackedWeights>,
+    /// Depthwise convs (new index) read by a global average pool: that pool's node, whose
+    /// value the conv's kernel computes as it writes its planes (squeeze-excitation).
+    pools: HashMap<usize, NodeId>,
     /// The instruction-set level of the fast kernels.
     isa: Isa,
     /// Print the time per op kind of each forward pass on stderr (`tlc run` with `TLC_PROFILE`).
@@ -43,6 +46,25 @@ pub struct OptimizedModel {
 
 /// A BatchNorm prologue: per-channel scale and shift, then the activation.
 type Prologue = (Vec<f32>, Vec<f32>, Option<Activation>);
+
+/// One pass's pooled values computed ahead by their depthwise convs, by pool node (new index).
+type Pooled = HashMap<usize, Tensor>;
+
+/// Depthwise convs (no residual, no fused inputs) whose output a global average pool with no
+/// activation of its own reads, each with that pool: see [`OptimizedModel::pools`].
+fn fused_pools(plan: &Optimized) -> HashMap<usize, NodeId> {
+    let g = &plan.graph;
+    let mut pools = HashMap::new();
+    for (id, n) in g.nodes() {
+        let global_mean = matches!(n.op, Op::GlobalPool { max: false }) || matches!(&n.op, Op::AdaptiveAvgPool { size } if *size == [1, 1]);
+        let [d] = n.inputs[..] else { continue };
+        let depthwise = matches!(g.node(d).op, Op::Conv { groups, out, .. } if groups == out && groups > 1);
+        if global_mean && depthwise && plan.acts[id.index()].is_none() && !plan.residual[d.index()] && plan.conv_inputs[d.index()].is_none() {
+            pools.insert(d.index(), id);
+        }
+    }
+    pools
+}
 
 fn vec1(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_device(&Device::Cpu)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
@@ -179,7 +201,8 @@ impl OptimizedModel {
             }
         }
         let linears = if device.is_cpu() { pack_linears(&plan.graph, &out, isa)? } else { HashMap::new() };
-        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine, prologue, packed, linears, isa, profile: false })
+        let pools = fused_pools(&plan);
+        Ok(OptimizedModel { graph: plan.graph.clone(), params: out, device: device.clone(), plan, affine, prologue, packed, linears, pools, isa, profile: false })
     }
 
     /// Runs the graph on `x` (NCHW) and returns the final output.
@@ -201,17 +224,19 @@ impl OptimizedModel {
             .map(|t| self.plan.map.get(t.index()).copied().flatten().ok_or_else(|| anyhow!("node {} has no value in the optimized graph", t.index())))
             .collect::<Result<_>>()?;
         if !self.profile {
-            return run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, _, ins| self.eval(id, ins));
+            let mut pooled = Pooled::new();
+            return run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, _, ins| self.eval(id, ins, &mut pooled));
         }
         let mut ms = vec![f64::INFINITY; self.graph.graph.node_count()];
-        let out = run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, _, ins| self.eval_timed(id, ins, &mut ms))?;
+        let mut pooled = Pooled::new();
+        let out = run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, _, ins| self.eval_timed(id, ins, &mut ms, &mut pooled))?;
         eprint!("{}", self.profile_report(&ms));
         Ok(out)
     }
 
-    fn eval_timed(&self, id: NodeId, ins: &[Tensor], ms: &mut [f64]) -> Result<Tensor> {
+    fn eval_timed(&self, id: NodeId, ins: &[Tensor], ms: &mut [f64], pooled: &mut Pooled) -> Result<Tensor> {
         let t0 = std::time::Instant::now();
-        let out = self.eval(id, ins)?;
+        let out = self.eval(id, ins, pooled)?;
         ms[id.index()] = t0.elapsed().as_secs_f64() * 1e3;
         Ok(out)
     }
@@ -220,7 +245,8 @@ impl OptimizedModel {
     /// node of [`OptimizedModel::graph`]; 0 for the input).
     pub fn forward_timed(&self, x: &Tensor) -> Result<(Tensor, Vec<f64>)> {
         let mut ms = vec![0.0; self.graph.graph.node_count()];
-        let (y, _) = run_graph(&self.graph, &self.plan.last_use, x, &[], |id, _, ins| self.eval_timed(id, ins, &mut ms))?;
+        let mut pooled = Pooled::new();
+        let (y, _) = run_graph(&self.graph, &self.plan.last_use, x, &[], |id, _, ins| self.eval_timed(id, ins, &mut ms, &mut pooled))?;
         Ok((y, ms))
     }
 
@@ -278,13 +304,18 @@ impl OptimizedModel {
         self.isa
     }
 
-    fn eval(&self, id: NodeId, ins: &[Tensor]) -> Result<Tensor> {
+    /// Node `id` on its inputs; `pooled` carries pools computed by their depthwise convs
+    /// ([`OptimizedModel::pools`]) to their own nodes within the pass.
+    fn eval(&self, id: NodeId, ins: &[Tensor], pooled: &mut Pooled) -> Result<Tensor> {
+        if let Some(y) = pooled.remove(&id.index()) {
+            return Ok(y);
+        }
         let node = self.graph.node(id);
         let act = self.plan.acts[id.index()];
         let p = NodeParams { node: &node.name, params: &self.params };
         let isa = self.isa;
         let fast = match &node.op {
-            Op::Conv { .. } => Some(self.conv(id, ins, act)?),
+            Op::Conv { .. } => Some(self.conv(id, ins, act, pooled)?),
             Op::BatchNorm { .. } => {
                 let (s, t) = &self.affine[&id.index()];
                 fast::channel_affine(&ins[0], s, t, act, isa)?
@@ -334,7 +365,7 @@ impl OptimizedModel {
 impl OptimizedModel {
     /// A conv node: the packed kernel with the fused inputs when it applies, else the input
     /// built (concatenated, BatchNorm + activation, gated) and the plain fast or portable conv.
-    fn conv(&self, id: NodeId, ins: &[Tensor], act: Option<Activation>) -> Result<Tensor> {
+    fn conv(&self, id: NodeId, ins: &[Tensor], act: Option<Activation>, pooled: &mut Pooled) -> Result<Tensor> {
         let node = self.graph.node(id);
         let Op::Conv { stride, padding, dilation, groups, bias, kernel, .. } = &node.op else { bail!("internal: `{}` is not a conv", node.name) };
         let fused = self.plan.conv_inputs[id.index()].as_ref();
@@ -363,6 +394,12 @@ impl OptimizedModel {
         let p = NodeParams { node: &node.name, params: &self.params };
         let b = if *bias { Some(p.param("bias")?) } else { None };
         let wt = p.param("weight")?;
+        if let Some(&pool) = self.pools.get(&id.index()) {
+            if let Some((y, mean)) = fast::depthwise_pooled(&x, wt, b, *stride, pad, *dilation, act, self.isa)? {
+                pooled.insert(pool.index(), mean);
+                return Ok(y);
+            }
+        }
         if let Some(y) = fast::conv2d_residual(&x, wt, b, *stride, pad, *dilation, *groups, res, act, self.isa)? {
             return Ok(y);
         }
@@ -453,6 +490,29 @@ mod tests {
         let got: Vec<f32> = opt.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(got, want);
         assert!(want.iter().all(|&v| v >= 0.0) && want.iter().any(|&v| v > 0.0));
+    }
+
+    /// A squeeze-excitation pool reading a depthwise conv is summed by the conv's kernel (the
+    /// pool node then only hands its value on): same outputs as the plain model, on a map the
+    /// per-plane kernels compute and on one the 16-channel blocks do.
+    #[test]
+    fn depthwise_conv_pools_for_its_squeeze_excitation() {
+        for hw in [12, 7] {
+            let spec = format!(
+                "name: t\ninput: [3, {hw}, {hw}]\ngraph:\n  - conv(32, k=1)\n  - conv(32, k=3, p=1, groups=32, bias=false)\n  - bn\n  - silu\n  - branches:\n      - []\n      - \"adaptive_avgpool(1) -> conv(8, k=1) -> silu -> conv(32, k=1) -> sigmoid\"\n    join: mul\n  - conv(16, k=1)\n"
+            );
+            let model = inline_model(&spec);
+            let opt = model.optimized().unwrap();
+            assert_eq!(opt.pools.len(), 1, "the pool is fused into the depthwise conv");
+            let x = Tensor::arange(0u32, (2 * 3 * hw * hw) as u32, &Device::Cpu).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+            let x = ((x.reshape((2, 3, hw, hw)).unwrap() * 0.01).unwrap().sin().unwrap() * 2.0).unwrap();
+            let want = model.forward(&x).unwrap();
+            for isa in Isa::all_available() {
+                let got = model.optimized_with(isa).unwrap().forward(&x).unwrap();
+                let worst = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                assert!(worst < 1e-4, "{hw}x{hw} {isa:?}: {worst}");
+            }
+        }
     }
 
     /// A pass that fails ends (the workers spinning for it stop) and the pool runs the next: run

@@ -174,6 +174,11 @@ dispatch! {
 dispatch! {
     /// `act(v)` in place, returning the sum of the result when `want_sum` (else 0).
     pub(crate) fn act_sum(a: Option<Activation>, v: &mut [f32], want_sum: bool) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if W512 && matches!(a, Some(Activation::Silu | Activation::Sigmoid)) {
+            // SAFETY: `W512` is true only in the AVX-512 instance, run on a CPU that has it.
+            return unsafe { super::logistic_x86::apply(v, a == Some(Activation::Silu), want_sum) };
+        }
         if let Some(a) = a {
             act_slice::<FMA, W512>(a, v);
         }
@@ -240,7 +245,8 @@ pub(crate) fn act_slice<const FMA: bool, const W512: bool>(a: Activation, v: &mu
     if W512 && matches!(a, Activation::Silu | Activation::Sigmoid) {
         // SAFETY: `W512` is true only in the AVX-512 instance of a `dispatch!` body, which runs
         // after the CPU was found to have AVX-512.
-        return unsafe { super::logistic_x86::apply(v, a == Activation::Silu) };
+        unsafe { super::logistic_x86::apply(v, a == Activation::Silu, false) };
+        return;
     }
     match a {
         Activation::Relu => map_all(v, |x| x.max(0.0)),

@@ -31,22 +31,29 @@ unsafe fn logistic(x: __m512) -> __m512 {
     _mm512_mul_ps(y, _mm512_fnmadd_ps(d, y, _mm512_set1_ps(2.0)))
 }
 
-/// `v = v * sigmoid(v)` (SiLU) when `times_x`, else `v = sigmoid(v)`, in place.
+/// `v = v * sigmoid(v)` (SiLU) when `times_x`, else `v = sigmoid(v)`, in place; returns the
+/// sum of the results when `want_sum` (a squeeze-excitation pool, added in the same pass), else 0.
 ///
 /// # Safety
 /// The CPU supports AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn apply(v: &mut [f32], times_x: bool) {
+pub(crate) unsafe fn apply(v: &mut [f32], times_x: bool, want_sum: bool) -> f32 {
     let (len, p) = (v.len(), v.as_mut_ptr());
+    let mut sum = _mm512_setzero_ps();
     let mut i = 0;
     while i < len {
         let mask = if len - i >= 16 { !0 } else { ((1u32 << (len - i)) - 1) as __mmask16 };
         // SAFETY: lanes `i..min(i + 16, len)` of `v`; the masked lanes are not accessed.
         let x = _mm512_maskz_loadu_ps(mask, p.add(i));
         let s = logistic(x);
-        _mm512_mask_storeu_ps(p.add(i), mask, if times_x { _mm512_mul_ps(x, s) } else { s });
+        let y = if times_x { _mm512_mul_ps(x, s) } else { s };
+        _mm512_mask_storeu_ps(p.add(i), mask, y);
+        if want_sum {
+            sum = _mm512_mask_add_ps(sum, mask, sum, y);
+        }
         i += 16;
     }
+    _mm512_reduce_add_ps(sum)
 }
 
 #[cfg(test)]
@@ -62,7 +69,9 @@ mod tests {
         for times_x in [true, false] {
             let mut got = xs.clone();
             // SAFETY: AVX-512F checked above.
-            unsafe { apply(&mut got, times_x) };
+            let total = unsafe { apply(&mut got, times_x, true) };
+            let want_total: f64 = got.iter().map(|&g| g as f64).sum();
+            assert!((total as f64 - want_total).abs() <= 1e-4 * want_total.abs().max(1.0), "sum {total} vs {want_total}");
             for (&x, &g) in xs.iter().zip(&got) {
                 let s = 1.0 / (1.0 + (-(x as f64)).exp());
                 let want = if times_x { x as f64 * s } else { s };
@@ -72,7 +81,7 @@ mod tests {
         }
         let mut nan = [f32::NAN; 3];
         // SAFETY: as above.
-        unsafe { apply(&mut nan, true) };
+        unsafe { apply(&mut nan, true, false) };
         assert!(nan.iter().all(|v| v.is_nan()), "NaN stays NaN");
     }
 }

@@ -40,13 +40,7 @@ pub fn conv2d_residual(
         return Ok(None);
     }
     let Some(g) = Geo::new(c, h, wd, [kh, kw], stride, pad, dilation) else { return Ok(None) };
-    let bias_v: Option<Vec<f32>> = match bias {
-        Some(b) => match with_f32(b, |v| v.to_vec()) {
-            Some(v) if v.len() == co => Some(v),
-            _ => return Ok(None),
-        },
-        None => None,
-    };
+    let Some(bias_v) = bias_vec(bias, co) else { return Ok(None) };
     let (oh, ow) = g.out_hw();
     if residual.is_some_and(|r| r.dims() != [n, co, oh, ow]) {
         return Ok(None);
@@ -69,6 +63,37 @@ pub fn conv2d_residual(
     };
     let out = with_f32(x, |xs| with_f32(w, |ws| grouped_conv(xs, ws, bias_v.as_deref(), n, co, groups, &g, res_v.as_deref(), act, isa)));
     wrap(out.flatten(), (n, co, oh, ow))
+}
+
+/// A depthwise conv (`groups == c == co`, [`conv2d`] otherwise) that also returns the mean of
+/// every output plane, `[n, c, 1, 1]`: a squeeze-excitation pool summed as the planes are
+/// written, instead of read again. `Ok(None)` when the fast path does not apply.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_pooled(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: [usize; 2], pad: [usize; 4], dilation: [usize; 2], act: Option<Activation>, isa: Isa) -> Result<Option<(Tensor, Tensor)>> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (co, cig, kh, kw) = w.dims4()?;
+    if co != c || cig != 1 || c < 2 {
+        return Ok(None);
+    }
+    let Some(g) = Geo::new(c, h, wd, [kh, kw], stride, pad, dilation) else { return Ok(None) };
+    let Some(bias_v) = bias_vec(bias, co) else { return Ok(None) };
+    let mut mean = vec![0f32; n * c];
+    let out = with_f32(x, |xs| with_f32(w, |ws| depthwise(xs, ws, bias_v.as_deref(), n, &g, act, Some(&mut mean), isa)));
+    let Some(Some(out)) = out else { return Ok(None) };
+    let (oh, ow) = g.out_hw();
+    Ok(Some((Tensor::from_vec(out, (n, co, oh, ow), &Device::Cpu)?, Tensor::from_vec(mean, (n, c, 1, 1), &Device::Cpu)?)))
+}
+
+/// `bias` as `co` floats (`Some(None)` without one), or `None` when it is not contiguous f32
+/// CPU data of that length.
+fn bias_vec(bias: Option<&Tensor>, co: usize) -> Option<Option<Vec<f32>>> {
+    match bias {
+        Some(b) => match with_f32(b, |v| v.to_vec()) {
+            Some(v) if v.len() == co => Some(Some(v)),
+            _ => None,
+        },
+        None => Some(None),
+    }
 }
 
 fn wrap(v: Option<Vec<f32>>, shape: (usize, usize, usize, usize)) -> Result<Option<Tensor>> {

@@ -33,7 +33,7 @@ mod winograd_x86;
 pub use super::cpu::Isa;
 pub use attention::{attention_qkv, linear};
 pub use linear::linear_tensor as linear_packed;
-pub use conv::{conv2d, conv2d_packed, conv2d_residual, ConvArgs, DenseWeights};
+pub use conv::{conv2d, conv2d_packed, conv2d_residual, depthwise_pooled, ConvArgs, DenseWeights};
 pub use elementwise::{add_act, channel_affine, channel_gate, layer_norm};
 pub use pool::{global_pool, pool2d};
 
