@@ -58,8 +58,23 @@ impl Grid {
 }
 
 thread_local! {
-    /// The padded channel-last input, the channel-last output tile, the block's weights.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    /// The padded channel-last input and the channel-last output tile.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Every block's weights and bias channel-last, once per call (not once per image): block
+/// `blk` at `blk * (taps + 1) * 16`, `[tap][16]` then `[16]`.
+fn weights_channel_last(w: &[f32], bias: Option<&[f32]>, c: usize, taps: usize) -> Vec<f32> {
+    let mut wts = vec![0f32; c / LANES * (taps + 1) * LANES];
+    for (blk, wt) in wts.chunks_exact_mut((taps + 1) * LANES).enumerate() {
+        for (lane, wc) in w[blk * LANES * taps..][..LANES * taps].chunks_exact(taps).enumerate() {
+            for (t, &v) in wc.iter().enumerate() {
+                wt[t * LANES + lane] = v;
+            }
+            wt[taps * LANES + lane] = bias.map_or(0.0, |b| b[blk * LANES + lane]);
+        }
+    }
+    wts
 }
 
 /// Depthwise conv of `x` (`n` images of `c` planes `g.h x g.w`) with weights `w`
@@ -72,21 +87,15 @@ pub(crate) fn depthwise(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, c:
     assert!(bias.is_none_or(|b| b.len() == c) && sums.as_ref().is_none_or(|s| s.len() == n * c), "depthwise_c16: bad lengths");
     let grid = Grid::new(g);
     let blocks = c / LANES;
+    let wts = weights_channel_last(w, bias, c, taps);
     let task = |i: usize, o: &mut [f32], s: Option<&mut [f32]>| {
         let (img, blk) = (i / blocks, i % blocks);
         let xb = &x[(img * c + blk * LANES) * hw..][..LANES * hw];
         SCRATCH.with(|scr| {
-            let (sp, tp, wt) = &mut *scr.borrow_mut();
+            let (sp, tp) = &mut *scr.borrow_mut();
             sp.resize(grid.hs * grid.ws * LANES, 0.0);
             tp.resize(grid.base.len().next_multiple_of(LANES) * LANES, 0.0);
-            // The block's weights and bias channel-last: `[tap][16]`, then `[16]`.
-            wt.resize((taps + 1) * LANES, 0.0);
-            for (lane, wc) in w[blk * LANES * taps..][..LANES * taps].chunks_exact(taps).enumerate() {
-                for (t, &v) in wc.iter().enumerate() {
-                    wt[t * LANES + lane] = v;
-                }
-                wt[taps * LANES + lane] = bias.map_or(0.0, |b| b[blk * LANES + lane]);
-            }
+            let wt = &wts[blk * (taps + 1) * LANES..][..(taps + 1) * LANES];
             // SAFETY: `suits` checked AVX-512; `sp`, `tp` and `wt` were sized for `grid` and
             // `taps` just above, `xb` holds the block's 16 planes, `o` its 16 output planes.
             unsafe {
