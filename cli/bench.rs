@@ -62,17 +62,13 @@ fn process_cpu_ms() -> Option<f64> {
     Some(ticks * 10.0)
 }
 
-/// `--threads`: sets `RAYON_NUM_THREADS` and `CANDLE_NUM_THREADS`, which rayon's global pool
-/// and candle read once (call before either exists).
-pub fn set_threads(threads: Option<usize>) {
-    if let Some(t) = threads {
+/// `tlc bench`.
+pub fn bench(a: BenchArgs) -> u8 {
+    if let Some(t) = a.threads {
+        // Before any thread pool exists: rayon's global pool and candle's read these once.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", t.to_string());
     }
-}
-
-/// `tlc bench`.
-pub fn bench(a: BenchArgs) -> u8 {
     with_graph(&a.spec, a.variant.as_deref(), |g| run(g, &a))
 }
 

@@ -95,15 +95,6 @@ fn main() -> ExitCode {
         // Forward passes in a loop: reuse freed activations instead of remapping them.
         keep_freed_memory();
     }
-    if let Command::Bench(a) = &cli.command {
-        bench::set_threads(a.threads);
-    }
-    if matches!(cli.command, Command::Run(_) | Command::Eval(_) | Command::Features(_) | Command::Bench(_)) {
-        // Inference loops: this thread runs the passes as a worker of the pool.
-        if let Err(e) = tlc_runtime::join_global_pool() {
-            eprintln!("warning: the thread pool could not take this thread ({e}); passes are handed to its workers");
-        }
-    }
     compile::set_color(&cli.color);
     let code = match cli.command {
         Command::Check(a) => inspect::check(a),

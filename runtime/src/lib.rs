@@ -16,7 +16,7 @@ pub mod rng;
 pub mod train;
 pub mod weights;
 
-pub use model::{join_global_pool, Model};
+pub use model::Model;
 
 /// `../shared/<rel>` beside the repository for the unit tests that need it: `Some` when it
 /// exists; when it does not, a failure that says where to get it, or `None` (the test returns,

@@ -9,7 +9,6 @@ use crate::weights::Weights;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use tlc_compiler::ir::{Graph, Node, NodeId, ParamKind};
@@ -125,9 +124,7 @@ pub(crate) fn run_graph(
     taps: &[NodeId],
     eval: impl FnMut(NodeId, &Node, &[Tensor]) -> Result<Tensor> + Send,
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    // A pass run from inside another's op, or by a worker's job, keeps to the workers already
-    // busy; the thread that joined the pool runs its passes as the caller does from outside.
-    if IN_PASS.get() || (rayon::current_thread_index().is_some() && !POOL_JOINED.get()) {
+    if rayon::current_thread_index().is_some() {
         return run_nodes(graph, last_use, x, taps, eval);
     }
     let done = &AtomicBool::new(false);
@@ -138,38 +135,8 @@ pub(crate) fn run_graph(
         }
         // Set on the way out, an error or a panic included: the scope waits for the spinners.
         let _stop = SetOnDrop(done);
-        IN_PASS.set(true);
-        let _leave = ClearOnDrop(&IN_PASS);
         run_nodes(graph, last_use, x, taps, eval)
     })
-}
-
-thread_local! {
-    /// This thread is running a pass's nodes.
-    static IN_PASS: Cell<bool> = const { Cell::new(false) };
-    /// This thread made itself worker 0 of rayon's global pool ([`join_global_pool`]).
-    static POOL_JOINED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Clears a thread-local flag when dropped.
-struct ClearOnDrop(&'static std::thread::LocalKey<Cell<bool>>);
-
-impl Drop for ClearOnDrop {
-    fn drop(&mut self) {
-        self.0.set(false);
-    }
-}
-
-/// Makes the calling thread worker 0 of rayon's global pool (sized by `RAYON_NUM_THREADS`
-/// as usual; call before anything else uses the pool). Forward passes called from it then
-/// run on it, as ONNX Runtime's caller does, instead of being handed to a worker woken for
-/// each pass while the caller sleeps until the pass ends (two sleeps and wake-ups per pass
-/// through the kernel, tens of microseconds each on a virtual machine). For a thread that
-/// runs models in a loop (`tlc run`, `tlc bench`); an error if the pool already exists.
-pub fn join_global_pool() -> Result<()> {
-    rayon::ThreadPoolBuilder::new().use_current_thread().build_global()?;
-    POOL_JOINED.set(true);
-    Ok(())
 }
 
 /// Keeps a worker taking the pass's parallel work until `done`, spinning in between, as ONNX
