@@ -163,8 +163,8 @@ fn dense(isa: Isa, reps: usize, only: &str) {
 
 /// Linear layers over token rows.
 fn linear(isa: Isa, reps: usize, only: &str) {
-    // (rows, in, out): ViT-B/16's MLP and attention projections at batch 1.
-    for &(rows, inf, outf) in &[(197, 768, 3072), (197, 3072, 768), (197, 768, 2304), (197, 768, 768)] {
+    // (rows, in, out): ViT-B/16's MLP and attention projections at batch 1, its MLP at 8.
+    for &(rows, inf, outf) in &[(197, 768, 3072), (197, 3072, 768), (197, 768, 2304), (197, 768, 768), (1576, 768, 3072), (1576, 3072, 768)] {
         let name = format!("linear {rows}x{inf} -> {outf}");
         if !name.contains(only) {
             continue;

@@ -2,9 +2,9 @@
 //! packed once as the B operand (panels of NR output features, [`PackedWeights::new_linear`]),
 //! rows of `x` are packed once per call into MR-row panels (the A operand, shared by every
 //! output chunk), and each C micro-tile is a block of the row-major output, so no transpose is
-//! needed. Tasks are (row block, output chunk) pairs, row blocks as tall as their packed rows
-//! stay in L2 (each block streams the weights once); each tile accumulates all of k in a
-//! buffer, then takes bias and activation.
+//! needed. Tasks are (row block, output chunk) pairs; a task walks the k-blocks outermost,
+//! accumulating its tiles in a contiguous buffer, so that one k-block of its rows, of its
+//! weights and the buffer stay in L2 however long `in` is, then takes bias and activation.
 
 use super::micro::{micro, Finish, Packed};
 use super::packed::PackedWeights;
@@ -14,12 +14,13 @@ use crate::kernels::cpu;
 use rayon::prelude::*;
 use tlc_compiler::ir::Activation;
 
-/// Floats of packed `x` rows a task aims to keep (in L2): every row block streams all the
-/// weights from memory once more, so blocks are as tall as this allows (ViT-B's 197 tokens
-/// at 768 features: one block), but no shorter than [`RB_MIN`] rows.
+/// Floats of one k-block of packed `x` rows a task aims to keep (in L2): every row block
+/// streams all the weights once more, so blocks are as tall as this allows (ViT-B/16's 197
+/// tokens: one block at batch 1).
 const A_BUDGET: usize = 192 * 1024;
-/// Fewest rows per block.
-const RB_MIN: usize = 64;
+/// Most weight panels (NR features each) per task: its k-block of weights and its
+/// accumulators stay in L2 beside the rows.
+const PANELS_MAX: usize = 4;
 
 /// `act(x @ w^T + b)` for `rows` rows of `x` (`[rows, in]` row-major) and weights packed with
 /// [`PackedWeights::new_linear`]; returns `[rows, out]`.
@@ -28,9 +29,10 @@ pub fn linear(x: &[f32], rows: usize, pw: &PackedWeights, act: Option<Activation
     assert!(x.len() >= rows * inf, "linear: input too short");
     let (mr, nr) = pw.micro.shape();
     let npanels = outf.div_ceil(nr);
-    let rb_rows = (A_BUDGET / inf.max(1)).max(RB_MIN).min(rows.max(1)).next_multiple_of(mr);
+    let rblocks = rows.div_ceil((A_BUDGET / pw.kc.min(inf).max(1)).max(mr));
+    let rb_rows = rows.div_ceil(rblocks.max(1)).next_multiple_of(mr);
     let rblocks = rows.div_ceil(rb_rows);
-    let nsplit = (4 * threads()).div_ceil(rblocks).clamp(1, npanels);
+    let nsplit = (4 * threads()).div_ceil(rblocks).clamp(npanels.div_ceil(PANELS_MAX), npanels.max(1));
     let per = npanels.div_ceil(nsplit);
     let nsplit = npanels.div_ceil(per);
     let apack = pack_all_rows(x, rows, rb_rows, pw);
@@ -43,16 +45,44 @@ pub fn linear(x: &[f32], rows: usize, pw: &PackedWeights, act: Option<Activation
         let (p0, p1) = (chunk * per, ((chunk + 1) * per).min(npanels));
         let panels = (r1 - r0).div_ceil(mr);
         let a = &apack[rb * rb_rows * inf..][..panels * mr * inf];
-        for np in p0..p1 {
-            for pi in 0..panels {
-                let (row, col) = (r0 + pi * mr, np * nr);
-                let (nrows, ncols) = (mr.min(r1 - row), nr.min(outf - col));
-                // SAFETY: rows row..row+nrows, columns col..col+ncols belong to this task.
-                unsafe { tile(pw, a, panels, pi, np, optr.at(row * outf + col), outf, nrows, ncols, act) };
-            }
+        let acc = accumulate(pw, a, panels, p0..p1);
+        for (i, tile) in acc.chunks_exact(mr * nr).enumerate() {
+            let (np, pi) = (p0 + i / panels, i % panels);
+            let (row, col) = (r0 + pi * mr, np * nr);
+            let (nrows, ncols) = (mr.min(r1 - row), nr.min(outf - col));
+            // SAFETY: rows row..row+nrows, columns col..col+ncols belong to this task.
+            unsafe { finish_tile(pw, tile, np, optr.at(row * outf + col), outf, nrows, ncols, act) };
         }
     });
     out
+}
+
+/// The products of a row block's packed panels (`a`, `panels` of them) with weight panels
+/// `nps`, k-block by k-block: tile `(np, pi)` at `((np - nps.start) * panels + pi) * MR * NR`,
+/// rows NR apart (contiguous, where the output's rows, often a multiple of 4 KiB apart, would
+/// put a tile's rows in one cache set).
+fn accumulate(pw: &PackedWeights, a: &[f32], panels: usize, nps: std::ops::Range<usize>) -> Vec<f32> {
+    let (mr, nr) = pw.micro.shape();
+    // Every tile's first k-block starts it from zero.
+    let mut acc = uninit_vec(nps.len() * panels * mr * nr);
+    let zero = [0f32; 32];
+    let mut k0 = 0;
+    while k0 < pw.k {
+        let kcl = pw.kc.min(pw.k - k0);
+        let init = (k0 == 0).then_some(&zero[..]);
+        for (j, np) in nps.clone().enumerate() {
+            let bp = Packed(pw.panel(k0, kcl, np).as_ptr(), nr);
+            for pi in 0..panels {
+                let ap = a[k0 * panels * mr + pi * kcl * mr..][..kcl * mr].as_ptr();
+                let c = acc[(j * panels + pi) * mr * nr..][..mr * nr].as_mut_ptr();
+                // SAFETY: `ap` holds kcl x MR floats, the panel kcl x NR, `c` MR x NR; the
+                // weights were packed for this CPU's level.
+                unsafe { micro(pw.micro, kcl, ap, bp, c, nr, init, Finish::NONE) };
+            }
+        }
+        k0 += kcl;
+    }
+    acc
 }
 
 /// The rows of `x` packed once for every output chunk: row block `rb` (`rb_rows` rows) at
@@ -78,37 +108,25 @@ fn pack_all_rows(x: &[f32], rows: usize, rb_rows: usize, pw: &PackedWeights) -> 
     apack
 }
 
-/// One output tile: every k-block accumulated in a contiguous buffer (output rows are `out`
-/// floats apart, often a multiple of 4 KiB, which would put a tile's rows in one cache set),
-/// then bias, activation and the copy out.
+/// One accumulated tile (`MR x NR`, rows NR apart): bias, activation and the copy out.
 ///
 /// # Safety
-/// `c` addresses `nrows` rows of `ncols` floats, `ldc` apart, that this caller alone writes;
-/// the CPU supports the kernel's level.
+/// `c` addresses `nrows` rows of `ncols` floats, `ldc` apart, that this caller alone writes.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(pw: &PackedWeights, apack: &[f32], panels: usize, pi: usize, np: usize, c: *mut f32, ldc: usize, nrows: usize, ncols: usize, act: Option<Activation>) {
-    let (mr, nr) = pw.micro.shape();
-    let mut acc = [0f32; 16 * 32];
-    let zero = [0f32; 16];
-    let mut k0 = 0;
-    while k0 < pw.k {
-        let kcl = pw.kc.min(pw.k - k0);
-        let ap = apack[k0 * panels * mr + pi * kcl * mr..][..kcl * mr].as_ptr();
-        let bp = Packed(pw.panel(k0, kcl, np).as_ptr(), nr);
-        micro(pw.micro, kcl, ap, bp, acc.as_mut_ptr(), nr, (k0 == 0).then_some(&zero[..]), Finish::NONE);
-        k0 += kcl;
-    }
-    let bias = &pw.bias[np * nr..][..ncols];
-    let tile = &mut acc[..nrows * nr];
-    for row in tile.chunks_exact_mut(nr) {
-        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+unsafe fn finish_tile(pw: &PackedWeights, tile: &[f32], np: usize, c: *mut f32, ldc: usize, nrows: usize, ncols: usize, act: Option<Activation>) {
+    let nr = pw.micro.shape().1;
+    let bias = &pw.bias[np * nr..][..nr];
+    let mut buf = [0f32; 16 * 32];
+    let buf = &mut buf[..nrows * nr];
+    for (dst, src) in buf.chunks_exact_mut(nr).zip(tile.chunks_exact(nr)) {
+        dst.iter_mut().zip(src).zip(bias).for_each(|((d, s), b)| *d = s + b);
     }
     // One call for the whole tile (per row, the call and its remainder loop cost more than
     // GELU's arithmetic); columns past `ncols` are computed and dropped.
     if let Some(f) = act {
-        cpu::act(pw.isa, f, tile);
+        cpu::act(pw.isa, f, buf);
     }
-    for (r, row) in tile.chunks_exact(nr).enumerate() {
+    for (r, row) in buf.chunks_exact(nr).enumerate() {
         std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * ldc), ncols);
     }
 }
@@ -158,8 +176,9 @@ mod tests {
 
     #[test]
     fn matches_a_naive_product_at_every_level() {
-        // (130, 3072, 24): row blocks of 64 (two whole, one of 2 rows), several k-blocks.
-        for &(rows, inf, outf) in &[(1, 5, 3), (197, 40, 70), (70, 300, 33), (16, 16, 16), (130, 3072, 24)] {
+        // (130, 3072, 24): twelve k-blocks; (1000, 600, 200): two row blocks (504 and 496 rows),
+        // k-blocks of 200, several output chunks.
+        for &(rows, inf, outf) in &[(1, 5, 3), (197, 40, 70), (70, 300, 33), (16, 16, 16), (130, 3072, 24), (1000, 600, 200)] {
             let x: Vec<f32> = (0..rows * inf).map(|i| (0.37 * i as f32 + 0.1).sin()).collect();
             let w: Vec<f32> = (0..outf * inf).map(|i| (0.53 * i as f32 + 0.2).cos() * 0.3).collect();
             let b: Vec<f32> = (0..outf).map(|i| i as f32 * 0.01 - 0.2).collect();
