@@ -215,7 +215,7 @@ dispatch! {
 /// Sum in 16 interleaved partial sums (so it vectorises; the order differs from a serial sum
 /// only in rounding).
 #[inline(always)]
-fn sum_slice(v: &[f32]) -> f32 {
+pub(crate) fn sum_slice(v: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let mut chunks = v.chunks_exact(16);
     for c in &mut chunks {
@@ -224,6 +224,20 @@ fn sum_slice(v: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// The largest value of `v` (`-inf` when empty), in 16 interleaved lanes as [`sum_slice`]
+/// (a serial fold of `f32::max` does not vectorise).
+#[inline(always)]
+pub(crate) fn max_slice(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut chunks = v.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    chunks.remainder().iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
 
 /// The bounds ReLU and ReLU6 clamp to, for kernels that apply them as they store (`None` for
@@ -332,6 +346,19 @@ pub(crate) fn exp_f32<const FMA: bool>(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_slice_sees_lanes_and_remainder() {
+        let v: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin()).collect();
+        let want = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(max_slice(&v), want);
+        for at in [3, 20, 35] {
+            let mut w = v.clone();
+            w[at] = 5.0;
+            assert_eq!(max_slice(&w), 5.0, "max at {at}");
+        }
+        assert_eq!(max_slice(&[]), f32::NEG_INFINITY);
+    }
 
     #[test]
     fn exp_and_erf_close_to_libm() {

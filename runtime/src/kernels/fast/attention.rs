@@ -2,7 +2,7 @@
 
 use super::gemm::{gemm, Mat};
 use super::{threads, with_f32, Isa};
-use crate::kernels::cpu::{self, dispatch, exp_f32};
+use crate::kernels::cpu::{self, dispatch, exp_f32, map_all, max_slice, sum_slice};
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 use tlc_compiler::ir::Activation;
@@ -119,10 +119,10 @@ dispatch! {
     /// Softmax of every row (`l` wide) of `sc`, in place.
     fn softmax_rows(sc: &mut [f32], l: usize) {
         for row in sc.chunks_mut(l) {
-            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            row.iter_mut().for_each(|x| *x = exp_f32::<FMA>(*x - m));
-            let inv = 1.0 / row.iter().sum::<f32>();
-            row.iter_mut().for_each(|x| *x *= inv);
+            let m = max_slice(row);
+            map_all(row, |x| exp_f32::<FMA>(x - m));
+            let inv = 1.0 / sum_slice(row);
+            map_all(row, |x| x * inv);
         }
     }
 }
