@@ -132,6 +132,9 @@ fn run(g: tlc_compiler::ir::Graph, a: &BenchArgs) -> anyhow::Result<()> {
         _ => f64::NAN,
     };
     if let Some(o) = opt.as_ref().filter(|_| profile) {
+        if let Some(s) = o.split_at(a.batch) {
+            eprintln!("image by image up to node {} (`{}`), then batched", s.end, o.graph.node(s.carry).name);
+        }
         eprintln!("per op kind, each node's fastest of {} passes:", a.iters);
         eprint!("{}", o.profile_report(&best));
         let mut nodes: Vec<(f64, NodeId)> = o.graph.nodes().filter(|(id, _)| best[id.index()].is_finite()).map(|(id, _)| (best[id.index()], id)).collect();

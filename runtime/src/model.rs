@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use tlc_compiler::ir::{Graph, Node, NodeId, ParamKind};
+use tlc_compiler::passes::BatchSplit;
 
 /// A compiled graph with its parameters on a device.
 pub struct Model {
@@ -104,7 +105,7 @@ impl Model {
 
     /// Runs the plain graph and also returns the outputs of the `taps` nodes.
     pub fn forward_with(&self, x: &Tensor, taps: &[NodeId]) -> Result<(Tensor, Vec<Tensor>)> {
-        run_graph(&self.graph, &self.last_use, x, taps, |_, node, ins| {
+        run_graph(&self.graph, &self.last_use, x, taps, None, |_, node, ins| {
             let p = NodeParams { node: &node.name, params: &self.params };
             Ok(exec::eval(&node.op, ins, &p)?)
         })
@@ -112,7 +113,8 @@ impl Model {
 }
 
 /// Runs `graph` on `x` in node order with `eval` for every node but the input, returns the
-/// output and the values of `taps`, and frees each value once `last_use` says its last reader ran.
+/// output and the values of `taps`, and frees each value once `last_use` says its last reader
+/// ran; with `split` (and more than one image, no taps), the head runs image by image.
 /// The loop runs on a worker of rayon's pool: each op's parallel loop then starts on this
 /// thread and wakes only the others, instead of blocking the caller and waking every worker
 /// (and the caller stays off the cores the workers compute on); the other workers spin for the
@@ -122,10 +124,11 @@ pub(crate) fn run_graph(
     last_use: &[usize],
     x: &Tensor,
     taps: &[NodeId],
+    split: Option<BatchSplit>,
     eval: impl FnMut(NodeId, &Node, &[Tensor]) -> Result<Tensor> + Send,
 ) -> Result<(Tensor, Vec<Tensor>)> {
     if rayon::current_thread_index().is_some() {
-        return run_nodes(graph, last_use, x, taps, eval);
+        return run_nodes(graph, last_use, x, taps, split, eval);
     }
     let done = &AtomicBool::new(false);
     rayon::scope(|s| {
@@ -135,7 +138,7 @@ pub(crate) fn run_graph(
         }
         // Set on the way out, an error or a panic included: the scope waits for the spinners.
         let _stop = SetOnDrop(done);
-        run_nodes(graph, last_use, x, taps, eval)
+        run_nodes(graph, last_use, x, taps, split, eval)
     })
 }
 
@@ -170,6 +173,7 @@ fn run_nodes(
     last_use: &[usize],
     x: &Tensor,
     taps: &[NodeId],
+    split: Option<BatchSplit>,
     mut eval: impl FnMut(NodeId, &Node, &[Tensor]) -> Result<Tensor>,
 ) -> Result<(Tensor, Vec<Tensor>)> {
     let input = &graph.meta.input;
@@ -177,9 +181,40 @@ fn run_nodes(
     if dims.len() != 4 || dims[1..] != input[..] {
         bail!("the input has shape {:?}; this model takes [N, {}, {}, {}]", dims, input[0], input[1], input[2]);
     }
-    let mut values: Vec<Option<Tensor>> = vec![None; graph.graph.node_count()];
+    let n = graph.graph.node_count();
+    let mut values: Vec<Option<Tensor>> = vec![None; n];
     let mut tapped: Vec<Option<Tensor>> = vec![None; taps.len()];
-    for (id, node) in graph.nodes() {
+    let mut start = 0;
+    // The head image by image; taps would need joining too, so passes with taps run batched.
+    if let Some(s) = split.filter(|_| dims[0] > 1 && taps.is_empty()) {
+        let mut parts = Vec::with_capacity(dims[0]);
+        for i in 0..dims[0] {
+            let mut head = vec![None; n];
+            run_range(graph, last_use, &x.narrow(0, i, 1)?, 0..s.end + 1, &mut head, &[], &mut [], &mut eval)?;
+            parts.push(head[s.carry.index()].take().ok_or_else(|| anyhow!("internal: the split left no value for node {}", s.carry.index()))?);
+        }
+        values[s.carry.index()] = Some(Tensor::cat(&parts, 0)?);
+        start = s.end + 1;
+    }
+    run_range(graph, last_use, x, start..n, &mut values, taps, &mut tapped, &mut eval)?;
+    let out = values[graph.output.index()].take().ok_or_else(|| anyhow!("the graph produced no output"))?;
+    Ok((out, tapped.into_iter().map(|t| t.unwrap()).collect()))
+}
+
+/// Runs the nodes at `range` (indices in execution order) on `values`, the input node taking
+/// `x`; records `taps` in `tapped` and frees each value after its last reader.
+#[allow(clippy::too_many_arguments)]
+fn run_range(
+    graph: &Graph,
+    last_use: &[usize],
+    x: &Tensor,
+    range: std::ops::Range<usize>,
+    values: &mut [Option<Tensor>],
+    taps: &[NodeId],
+    tapped: &mut [Option<Tensor>],
+    eval: &mut impl FnMut(NodeId, &Node, &[Tensor]) -> Result<Tensor>,
+) -> Result<()> {
+    for (id, node) in graph.nodes().skip(range.start).take(range.len()) {
         let ins: Vec<Tensor> = node
             .inputs
             .iter()
@@ -202,8 +237,7 @@ fn run_nodes(
             }
         }
     }
-    let out = values[graph.output.index()].take().ok_or_else(|| anyhow!("the graph produced no output"))?;
-    Ok((out, tapped.into_iter().map(|t| t.unwrap()).collect()))
+    Ok(())
 }
 
 /// PyTorch-default initialisation of one parameter, deterministic in `seed` and the name.

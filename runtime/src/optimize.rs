@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use tlc_compiler::ir::{Activation, Graph, NodeId, NormAxis, Op, Padding};
 use tlc_compiler::ops::conv::resolve_padding;
-use tlc_compiler::passes::{self, Optimized};
+use tlc_compiler::passes::{self, batch_split, BatchSplit, Optimized};
 
 /// A model that runs the optimized graph.
 pub struct OptimizedModel {
@@ -49,6 +49,11 @@ type Prologue = (Vec<f32>, Vec<f32>, Option<Activation>);
 
 /// One pass's pooled values computed ahead by their depthwise convs, by pool node (new index).
 type Pooled = HashMap<usize, Tensor>;
+
+/// Bytes of activations (input and output of one node, whole batch) past which a node counts
+/// as leaving the cache, so the head of the pass up to it runs image by image
+/// ([`batch_split`]): the L3 of a server core complex (32 MiB here).
+const SPLIT_BUDGET: usize = 32 << 20;
 
 /// Depthwise convs (no residual, no fused inputs) whose output a global average pool with no
 /// activation of its own reads, each with that pool: see [`OptimizedModel::pools`].
@@ -223,13 +228,14 @@ impl OptimizedModel {
             .iter()
             .map(|t| self.plan.map.get(t.index()).copied().flatten().ok_or_else(|| anyhow!("node {} has no value in the optimized graph", t.index())))
             .collect::<Result<_>>()?;
+        let split = self.split_at(x.dims().first().copied().unwrap_or(1));
         if !self.profile {
             let mut pooled = Pooled::new();
-            return run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, _, ins| self.eval(id, ins, &mut pooled));
+            return run_graph(&self.graph, &self.plan.last_use, x, &taps, split, |id, _, ins| self.eval(id, ins, &mut pooled));
         }
-        let mut ms = vec![f64::INFINITY; self.graph.graph.node_count()];
+        let mut ms = vec![0.0; self.graph.graph.node_count()];
         let mut pooled = Pooled::new();
-        let out = run_graph(&self.graph, &self.plan.last_use, x, &taps, |id, _, ins| self.eval_timed(id, ins, &mut ms, &mut pooled))?;
+        let out = run_graph(&self.graph, &self.plan.last_use, x, &taps, split, |id, _, ins| self.eval_timed(id, ins, &mut ms, &mut pooled))?;
         eprint!("{}", self.profile_report(&ms));
         Ok(out)
     }
@@ -237,7 +243,8 @@ impl OptimizedModel {
     fn eval_timed(&self, id: NodeId, ins: &[Tensor], ms: &mut [f64], pooled: &mut Pooled) -> Result<Tensor> {
         let t0 = std::time::Instant::now();
         let out = self.eval(id, ins, pooled)?;
-        ms[id.index()] = t0.elapsed().as_secs_f64() * 1e3;
+        // Summed: a split pass runs its head once per image.
+        ms[id.index()] += t0.elapsed().as_secs_f64() * 1e3;
         Ok(out)
     }
 
@@ -246,8 +253,21 @@ impl OptimizedModel {
     pub fn forward_timed(&self, x: &Tensor) -> Result<(Tensor, Vec<f64>)> {
         let mut ms = vec![0.0; self.graph.graph.node_count()];
         let mut pooled = Pooled::new();
-        let (y, _) = run_graph(&self.graph, &self.plan.last_use, x, &[], |id, _, ins| self.eval_timed(id, ins, &mut ms, &mut pooled))?;
+        let (y, _) = run_graph(&self.graph, &self.plan.last_use, x, &[], self.split_at(x.dims().first().copied().unwrap_or(1)), |id, _, ins| self.eval_timed(id, ins, &mut ms, &mut pooled))?;
         Ok((y, ms))
+    }
+
+    /// The head a pass at `batch` runs image by image ([`batch_split`]): on the CPU, where a
+    /// node whose batch's input and output exceed [`SPLIT_BUDGET`] leaves the cache; never
+    /// ending at a depthwise conv that computes its pool (the pool is carried within a pass).
+    pub fn split_at(&self, batch: usize) -> Option<BatchSplit> {
+        let keep = |carry: NodeId| !self.pools.contains_key(&carry.index());
+        let weights = |id: NodeId| match (self.packed.get(&id.index()), self.linears.get(&self.graph.node(id).name)) {
+            (Some(w), _) => w.bytes(),
+            (None, Some(pw)) => pw.bytes(),
+            (None, None) => self.graph.node(id).params.iter().map(|p| 4 * p.numel()).sum(),
+        };
+        self.device.is_cpu().then(|| batch_split(&self.graph, &self.plan.last_use, batch, SPLIT_BUDGET, weights, keep)).flatten()
     }
 
     /// Per op kind (see [`OptimizedModel::op_kind`]): the sum of `ms` (per node, as
@@ -513,6 +533,25 @@ mod tests {
                 assert!(worst < 1e-4, "{hw}x{hw} {isa:?}: {worst}");
             }
         }
+    }
+
+    /// At batch 8 the head of large maps runs image by image ([`batch_split`]) and the pass
+    /// still computes what the plain model does.
+    #[test]
+    fn a_pass_split_image_by_image_matches_the_plain_model() {
+        let spec = "name: t\ninput: [3, 128, 128]\ngraph:\n  - conv(48, k=1)\n  - bn\n  - relu\n  - branches:\n      - []\n      - \"conv(48, k=3, p=1, groups=48) -> bn\"\n    join: add\n  - relu\n  - conv(64, k=1, s=2)\n  - global_avgpool\n  - flatten\n  - linear(10)\n";
+        let model = inline_model(spec);
+        let x = Tensor::arange(0u32, 8 * 3 * 128 * 128, &Device::Cpu).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+        let x = ((x.reshape((8, 3, 128, 128)).unwrap() * 0.001).unwrap().sin().unwrap() * 2.0).unwrap();
+        let want = model.forward(&x).unwrap();
+        let opt = model.optimized().unwrap();
+        let split = opt.split_at(8).expect("a head to split at batch 8");
+        assert!(split.end + 3 < opt.graph.graph.node_count(), "the classifier stays batched: {split:?}");
+        assert_eq!(opt.split_at(1), None);
+        let got = opt.forward(&x).unwrap();
+        let worst = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(worst <= 1e-5 * scale.max(1.0), "worst {worst} of {scale}");
     }
 
     /// A pass that fails ends (the workers spinning for it stop) and the pool runs the next: run

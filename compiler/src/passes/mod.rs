@@ -32,7 +32,9 @@ use crate::ir::{Activation, Graph, Node, NodeId, Op, Param, ParamKind};
 use petgraph::graph::DiGraph;
 
 pub mod channels_first;
+pub mod split;
 pub use channels_first::ScaleFold;
+pub use split::{batch_split, BatchSplit};
 
 /// One BatchNorm folded into the node before it.
 #[derive(Clone, Debug, PartialEq)]

@@ -150,6 +150,17 @@ impl DenseWeights {
         }
     }
 
+    /// Bytes a pass streams: the packed panels (Winograd's transformed matrices are four or
+    /// more times the kernel's; a small map's lazy ones are not used image by image).
+    pub fn bytes(&self) -> usize {
+        let panels = |u: &[PackedWeights]| u.iter().map(PackedWeights::bytes).sum();
+        match self {
+            DenseWeights::Gemm(pw) | DenseWeights::Either(pw, _) => pw.bytes(),
+            DenseWeights::Winograd(ww) => panels(ww.panels()),
+            DenseWeights::Winograd1d(ww) => panels(ww.panels()),
+        }
+    }
+
     /// Whether these weights run a conv with `args`.
     fn fits(&self, args: &ConvArgs) -> bool {
         match self {

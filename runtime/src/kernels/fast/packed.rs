@@ -53,6 +53,11 @@ pub struct PackedWeights {
 }
 
 impl PackedWeights {
+    /// Bytes of the packed panels.
+    pub fn bytes(&self) -> usize {
+        4 * self.data.len()
+    }
+
     /// Packs row-major `w` `[co, k]` and the optional bias for level `isa` (lowered to what
     /// this CPU has).
     pub fn new(w: &[f32], co: usize, k: usize, bias: Option<&[f32]>, isa: Isa) -> PackedWeights {

@@ -90,6 +90,11 @@ pub struct WinogradWeights {
 }
 
 impl WinogradWeights {
+    /// The transformed matrices, packed.
+    pub(super) fn panels(&self) -> &[PackedWeights] {
+        &self.u
+    }
+
     /// Transforms row-major `w` `[co, c, 3, 3]` (in f64) and packs it for level `isa`.
     pub fn new(w: &[f32], co: usize, c: usize, bias: Option<&[f32]>, isa: Isa) -> WinogradWeights {
         assert!(w.len() == co * c * 9 && bias.is_none_or(|b| b.len() == co), "winograd weights: bad lengths");

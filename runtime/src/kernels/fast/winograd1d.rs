@@ -141,6 +141,11 @@ pub struct Winograd1dWeights {
 }
 
 impl Winograd1dWeights {
+    /// The transformed matrices, packed.
+    pub(super) fn panels(&self) -> &[PackedWeights] {
+        &self.u
+    }
+
     /// Transforms row-major `w` `[co, c, r]` (an `r x 1` or `1 x r` kernel; r = 3 or 7) in f64
     /// and packs it for level `isa`.
     pub fn new(w: &[f32], co: usize, c: usize, r: usize, bias: Option<&[f32]>, isa: Isa) -> Winograd1dWeights {
