@@ -123,6 +123,11 @@ fn linear_and_layer_norm() {
     let want = crate::kernels::layer_norm_last(&x, &g, &b.narrow(0, 0, 6).unwrap().pad_with_zeros(0, 0, 1).unwrap(), 1e-6).unwrap();
     let got = layer_norm(&x, &g, &b.narrow(0, 0, 6).unwrap().pad_with_zeros(0, 0, 1).unwrap(), 1e-6, false, Isa::detect()).unwrap().unwrap();
     assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+    // Rows of 37: the 16-lane sums take two chunks and a remainder.
+    let (x37, g37, b37) = (sin_input(&[3, 37]), cos_input(&[37], 1.0), cos_input(&[37], 0.1));
+    let want = crate::kernels::layer_norm_last(&x37, &g37, &b37, 1e-6).unwrap();
+    let got = layer_norm(&x37, &g37, &b37, 1e-6, false, Isa::detect()).unwrap().unwrap();
+    assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
     let x = sin_input(&[2, 3, 4, 5]);
     let g = cos_input(&[3], 1.0);
     let bb = cos_input(&[3], 0.2);
