@@ -1,5 +1,4 @@
-//! AVX-512 depthwise convolution over blocks of 16 channels, for small output planes (7x7, and
-//! 14x14 at stride 1).
+//! AVX-512 depthwise convolution over blocks of 16 channels, for small output planes (7x7).
 //!
 //! The per-plane kernels ([`super::depthwise`]) put one row's outputs in a vector's lanes, so a
 //! 7-wide row fills 7 of 16 lanes and every plane pays its own set-up. Here the 16 planes of
@@ -23,12 +22,13 @@ const LANES: usize = 16;
 const GROUP: usize = 8;
 
 /// Whether the blocked kernel computes `c` channels of planes `g` at level `isa`: whole
-/// channel blocks, and output rows of at most half a vector, or narrower than a vector at
-/// stride 1 (measured against the per-plane kernels: 7x7 outputs 1.3-2x faster, 14x14 ones at
-/// stride 1 5-8 % faster in MobileNetV2 / EfficientNet-B0, 28 -> 14 at stride 2 and 28x28
-/// outputs slower: the whole larger input is transposed).
+/// channel blocks, and output rows of at most half a vector (measured against the per-plane
+/// kernels, `convbench` one thread: 7x7 outputs 10-35 % faster (960 k3 0.038 against 0.050
+/// ms, 576 14 -> 7 s2 0.037 against 0.042); 14x14 ones at stride 1 slower since the per-plane
+/// kernel keeps its registers (576 k3 0.053 against 0.075, 672 k5 0.112 against 0.164), and
+/// 28 -> 14 at stride 2 and 28x28 outputs slower: the whole larger input is transposed).
 pub(crate) fn suits(g: &Plane, c: usize, isa: Isa) -> bool {
-    let narrow = g.ow <= LANES / 2 || (g.ow < LANES && g.stride == [1, 1]);
+    let narrow = g.ow <= LANES / 2;
     isa >= Isa::Avx512 && Isa::Avx512.available() && narrow && c.is_multiple_of(LANES)
 }
 
