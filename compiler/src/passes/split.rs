@@ -11,7 +11,8 @@
 //! the whole batch exceed the budget) where one value alone is live, and stops before the
 //! first node whose weights outweigh one image's input and output and do not stay in cache
 //! anyway (VGG's 512-channel convs, a ViT's patch projection): those stay batched, and so does
-//! everything after them.
+//! everything after them. Only a memory-bound head is split (under [`MAX_INTENSITY`]
+//! multiply-adds per byte of activations): a compute-bound one gains nothing from the cache.
 
 use crate::ir::{Graph, NodeId};
 
