@@ -216,14 +216,20 @@ dispatch! {
 /// only in rounding).
 #[inline(always)]
 pub(crate) fn sum_slice(v: &[f32]) -> f32 {
+    sum_map(v, |x| x)
+}
+
+/// The sum of `f(x)` over `v`, in 16 interleaved partial sums as [`sum_slice`].
+#[inline(always)]
+pub(crate) fn sum_map(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 16];
     let mut chunks = v.chunks_exact(16);
     for c in &mut chunks {
-        for (a, x) in acc.iter_mut().zip(c) {
-            *a += x;
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
         }
     }
-    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+    acc.iter().sum::<f32>() + chunks.remainder().iter().map(|&x| f(x)).sum::<f32>()
 }
 
 /// The largest value of `v` (`-inf` when empty), in 16 interleaved lanes as [`sum_slice`]

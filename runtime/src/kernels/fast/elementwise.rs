@@ -2,7 +2,7 @@
 //! gating, addition, layer norms; activation fused where it applies.
 
 use super::{threads, uninit_vec, with_f32, Isa};
-use crate::kernels::cpu::{self, dispatch, sum_slice};
+use crate::kernels::cpu::{self, dispatch, sum_map, sum_slice};
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 use tlc_compiler::ir::Activation;
@@ -115,14 +115,7 @@ dispatch! {
         // Both sums in 16 lanes (serial sums were most of ViT-B/16's LayerNorm time).
         let d = s.len() as f32;
         let mean = sum_slice(s) / d;
-        let mut acc = [0f32; 16];
-        let mut chunks = s.chunks_exact(16);
-        for c in &mut chunks {
-            for (a, v) in acc.iter_mut().zip(c) {
-                *a += (v - mean) * (v - mean);
-            }
-        }
-        let var = (acc.iter().sum::<f32>() + chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / d;
+        let var = sum_map(s, |v| (v - mean) * (v - mean)) / d;
         let r = 1.0 / (var + eps).sqrt();
         for (((o, v), g), bb) in o.iter_mut().zip(s).zip(g).zip(b) {
             *o = (v - mean) * r * g + bb;
